@@ -1,0 +1,225 @@
+"""The backend seam: one class holding ``xp`` and the hot-path operations written once against it.
+
+Every operation here is the plain array-module version: it runs unchanged on NumPy and on CuPy,
+and it is the reference the CUDA kernels are tested against. A subclass replaces an operation
+only where it has something faster (see ``cupy_backend.py``); the layers never know which.
+
+Layouts (public, like PyTorch and seed 000 §2): images are NCHW, convolution weights
+``(out, in, kh, kw)``. The im2col matrix ("col") has one row per output pixel ``(n, y, x)`` and
+one column per ``(c, i, j)`` of the receptive field: shape ``(N*Ho*Wo, C*kh*kw)`` (seed 004).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..shapes import output_size
+
+
+@dataclass(frozen=True)
+class Window:
+    """Geometry of a sliding window over an ``(H, W)`` image: kernel, stride, per-side padding."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int = 0  # padding above
+    pb: int = 0  # padding below
+    pl: int = 0  # padding left
+    pr: int = 0  # padding right
+
+    def out_hw(self, h: int, w: int, layer: str = "layer") -> tuple[int, int]:
+        return (
+            output_size(h, self.kh, self.sh, self.pt, self.pb, layer),
+            output_size(w, self.kw, self.sw, self.pl, self.pr, layer),
+        )
+
+    def offsets(self):
+        """The kernel offsets ``(i, j)`` in row-major order; ``i * kw + j`` is the window index."""
+        for i in range(self.kh):
+            for j in range(self.kw):
+                yield i, j
+
+    def tap(self, i: int, j: int, ho: int, wo: int):
+        """Slices of the padded image that kernel offset ``(i, j)`` reads for all outputs."""
+        return (
+            slice(i, i + self.sh * (ho - 1) + 1, self.sh),
+            slice(j, j + self.sw * (wo - 1) + 1, self.sw),
+        )
+
+
+class Backend:
+    """A device plus the array module ``xp`` that computes on it.
+
+    Subclasses set ``xp`` and ``name``; hot-path methods may be overridden by faster versions
+    that must give the same results (tested in ``tests/test_backend_ops.py``).
+    """
+
+    xp = None
+    name = "abstract"
+    kernels_enabled = False
+
+    # ---------------------------------------------------------------- transfers and helpers
+    def asarray(self, a, dtype=None):
+        """Copy or view ``a`` (any array-like, NumPy or this backend's) as this backend's array."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a):
+        raise NotImplementedError
+
+    def owns(self, a) -> bool:
+        """True when ``a`` is an array of this backend (and so can be computed on here)."""
+        return isinstance(a, self.xp.ndarray)
+
+    def synchronize(self) -> None:
+        """Wait until all queued work is done (a no-op on the CPU)."""
+
+    def scalar(self, a) -> float:
+        """A 0-d array as a Python float (on a GPU this is the one host copy of a step)."""
+        return float(a)
+
+    def __repr__(self) -> str:
+        return f"<cnnx backend {self.name}>"
+
+    def _pad(self, x, win: Window, value: float = 0.0):
+        if win.pt == win.pb == win.pl == win.pr == 0:
+            return x
+        widths = ((0, 0), (0, 0), (win.pt, win.pb), (win.pl, win.pr))
+        return self.xp.pad(x, widths, mode="constant", constant_values=value)
+
+    def _crop(self, xp_padded, h: int, w: int, win: Window):
+        return xp_padded[:, :, win.pt : win.pt + h, win.pl : win.pl + w]
+
+    # ---------------------------------------------------------------- convolution helpers
+    def im2col(self, x, win: Window):
+        """``(N, C, H, W)`` -> ``(N*Ho*Wo, C*kh*kw)``: row ``(n, y, x)`` holds the patch
+        ``x_pad[n, c, y*sh + i, x*sw + j]`` for all ``(c, i, j)`` (seed 004, IM2COL)."""
+        xp = self.xp
+        n, c, h, w = x.shape
+        ho, wo = win.out_hw(h, w)
+        padded = self._pad(x, win)
+        col = xp.empty((n, ho, wo, c, win.kh, win.kw), dtype=x.dtype)
+        for i, j in win.offsets():
+            rows, cols = win.tap(i, j, ho, wo)
+            col[:, :, :, :, i, j] = padded[:, :, rows, cols].transpose(0, 2, 3, 1)
+        return col.reshape(n * ho * wo, c * win.kh * win.kw)
+
+    def col2im(self, col, x_shape, win: Window):
+        """Adjoint of ``im2col``: each input pixel sums the entries of ``col`` that copied it.
+
+        The sum runs over kernel offsets in a fixed order, so the result is deterministic.
+        """
+        xp = self.xp
+        n, c, h, w = x_shape
+        ho, wo = win.out_hw(h, w)
+        col6 = col.reshape(n, ho, wo, c, win.kh, win.kw)
+        padded = xp.zeros((n, c, h + win.pt + win.pb, w + win.pl + win.pr), dtype=col.dtype)
+        for i, j in win.offsets():
+            rows, cols = win.tap(i, j, ho, wo)
+            padded[:, :, rows, cols] += col6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+        return self._crop(padded, h, w, win)
+
+    def bias_activation(self, z, b, relu: bool):
+        """``z + b`` (bias along the last axis of ``z``), then ReLU when ``relu`` is True."""
+        y = z + b
+        if relu:
+            self.xp.maximum(y, 0, out=y)
+        return y
+
+    def relu_backward(self, dy, y):
+        """dL/dz = dL/dy * 1[z > 0]; ``y = relu(z)`` so ``y > 0`` exactly when ``z > 0``."""
+        return dy * (y > 0)
+
+    # ---------------------------------------------------------------- pooling
+    def max_pool_forward(self, x, win: Window):
+        """Max over each window (seed 001 eq. 4); padding counts as -inf so it never wins.
+
+        Returns ``(y, argmax)`` where ``argmax[n, c, y, x] = i * kw + j`` is the window offset
+        of the (first, in row-major order) maximum: seed 000 §2.1.1's cache I.
+        """
+        xp = self.xp
+        n, c, h, w = x.shape
+        ho, wo = win.out_hw(h, w)
+        padded = self._pad(x, win, value=-xp.inf)
+        y = None
+        argmax = xp.zeros((n, c, ho, wo), dtype=xp.int32)
+        for k, (i, j) in enumerate(win.offsets()):
+            rows, cols = win.tap(i, j, ho, wo)
+            v = padded[:, :, rows, cols]
+            if y is None:
+                y = v.copy()
+                continue
+            better = v > y  # strict: ties keep the earlier offset
+            argmax[better] = k
+            xp.maximum(y, v, out=y)
+        return y, argmax
+
+    def max_pool_backward(self, dy, argmax, x_shape, win: Window):
+        """dL/dx routes each dL/dy to its window's argmax, zero elsewhere (seed 000 §2.1.1)."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        ho, wo = dy.shape[2], dy.shape[3]
+        padded = xp.zeros((n, c, h + win.pt + win.pb, w + win.pl + win.pr), dtype=dy.dtype)
+        for k, (i, j) in enumerate(win.offsets()):
+            rows, cols = win.tap(i, j, ho, wo)
+            padded[:, :, rows, cols] += xp.where(argmax == k, dy, 0)
+        return self._crop(padded, h, w, win)
+
+    def avg_pool_forward(self, x, win: Window):
+        """Mean over each kh*kw window; zero padding counts in the divisor (as PyTorch's default)."""
+        n, c, h, w = x.shape
+        ho, wo = win.out_hw(h, w)
+        padded = self._pad(x, win)
+        y = None
+        for i, j in win.offsets():
+            rows, cols = win.tap(i, j, ho, wo)
+            v = padded[:, :, rows, cols]
+            y = v.copy() if y is None else y + v
+        return y / (win.kh * win.kw)
+
+    def avg_pool_backward(self, dy, x_shape, win: Window):
+        """Each input in a window gets dL/dy / (kh*kw) (seed 002: the 1/4 of a 2x2 pool)."""
+        xp = self.xp
+        n, c, h, w = x_shape
+        ho, wo = dy.shape[2], dy.shape[3]
+        share = dy / (win.kh * win.kw)
+        padded = xp.zeros((n, c, h + win.pt + win.pb, w + win.pl + win.pr), dtype=dy.dtype)
+        for i, j in win.offsets():
+            rows, cols = win.tap(i, j, ho, wo)
+            padded[:, :, rows, cols] += share
+        return self._crop(padded, h, w, win)
+
+    # ---------------------------------------------------------------- loss and update
+    def softmax_cross_entropy(self, logits, labels):
+        """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.
+
+        Stable form: log p_k = z_k - m - log sum_j exp(z_j - m), m = max_j z_j.
+        Gradient (seed 001 eq. 15, averaged over the batch): (p - y) / B.
+        Returns ``(loss, dlogits)`` with ``loss`` a 0-d array (no host copy here).
+        """
+        xp = self.xp
+        batch = logits.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        rows = xp.arange(batch)
+        log_p_true = shifted[rows, labels] - xp.log(total[:, 0])
+        loss = -log_p_true.mean()
+        grad = exp / total
+        grad[rows, labels] -= 1
+        grad /= batch
+        return loss, grad
+
+    def sgd_update(self, param, grad, velocity, lr: float, momentum: float, weight_decay: float):
+        """In place: g' = g + λ·w;  v = μ·v + g';  w -= lr·v   (v is None when μ = 0).
+
+        This is PyTorch's SGD convention, so runs can be compared step for step.
+        """
+        g = grad + weight_decay * param if weight_decay else grad
+        if velocity is None:
+            param -= lr * g
+            return
+        velocity *= momentum
+        velocity += g
+        param -= lr * velocity

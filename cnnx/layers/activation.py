@@ -1,0 +1,125 @@
+"""Element-wise activations and softmax (seed 000 §1.2, seed 001 §2, seed 003 §I)."""
+
+from __future__ import annotations
+
+from .base import Layer
+
+
+class _Activation(Layer):
+    def __init__(self, dtype="float32"):
+        super().__init__(dtype)
+        self._cache = None
+
+    def _check(self, x):
+        self.check_input(x)
+
+
+class ReLU(_Activation):
+    """R(z) = max(z, 0) (seed 001 eq. 9).
+
+    ReLU'(0): seed 001 eq. 10 takes 1/2, seeds 002 and 003 leave it undefined (they list z > 0
+    and z < 0 only). We take ReLU'(0) = 0, as PyTorch and most libraries do: the subgradient
+    at a kink is a convention, 0 keeps dead units exactly dead, and it matches the oracle we
+    compare against. tests/test_layers.py pins it.
+    """
+
+    def forward(self, x):
+        self._check(x)
+        y = self.xp.maximum(x, 0)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """dL/dz = dL/dR ⊙ 1[z > 0]  (seed 001 eq. 10 with the 0 convention at z = 0)."""
+        self._require_forward(self._cache)
+        return self.backend.relu_backward(dy, self._cache)
+
+
+class Sigmoid(_Activation):
+    """σ(z) = 1 / (1 + e^{-z}), evaluated without overflow or cancellation for any z."""
+
+    def forward(self, x):
+        self._check(x)
+        y = sigmoid(self.xp, x)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """dL/dz = dL/dσ ⊙ σ(1 - σ)  (seed 003 §I.2, item 11)."""
+        self._require_forward(self._cache)
+        y = self._cache
+        return dy * y * (1 - y)
+
+
+class Tanh(_Activation):
+    """tanh(z)."""
+
+    def forward(self, x):
+        self._check(x)
+        y = self.xp.tanh(x)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """dL/dz = dL/dt ⊙ (1 - t²)."""
+        self._require_forward(self._cache)
+        y = self._cache
+        return dy * (1 - y * y)
+
+
+class Identity(_Activation):
+    """I(z) = z."""
+
+    def forward(self, x):
+        self._check(x)
+        self._cache = True
+        return x
+
+    def backward(self, dy):
+        """dL/dz = dL/dI."""
+        self._require_forward(self._cache)
+        return dy
+
+
+class Softmax(_Activation):
+    """S_i(z) = e^{z_i} / Σ_k e^{z_k} along ``axis`` (default 1: features, or NCHW channels).
+
+    Computed as e^{z_i - m} / Σ_k e^{z_k - m} with m = max_k z_k, which is equal and never
+    overflows. For training a classifier prefer ``losses.SoftmaxCrossEntropy`` on the logits:
+    it fuses the two and its gradient is the simple p - y (seed 001 eq. 15).
+    """
+
+    config_keys = ("axis",)
+
+    def __init__(self, axis=1, dtype="float32"):
+        super().__init__(dtype)
+        self.axis = int(axis)
+
+    def forward(self, x):
+        self._check(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"Softmax: axis {self.axis} is out of range for shape {tuple(x.shape)}")
+        y = softmax(self.xp, x, self.axis)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        """Full Jacobian-vector product (seed 003 §I.1 eq. 4: ∂S_i/∂z_k = S_i(δ_ik - S_k)):
+
+            dL/dz_k = Σ_i dL/dS_i · S_i (δ_ik - S_k) = S_k (dL/dS_k - Σ_i dL/dS_i S_i)
+        """
+        self._require_forward(self._cache)
+        s = self._cache
+        return s * (dy - (dy * s).sum(axis=self.axis, keepdims=True))
+
+
+def sigmoid(xp, z):
+    """σ(z) with e = exp(-|z|) ≤ 1: 1/(1+e) for z ≥ 0 and e/(1+e) for z < 0 (both exact forms)."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1, e) / (1 + e)
+
+
+def softmax(xp, z, axis):
+    shifted = z - z.max(axis=axis, keepdims=True)
+    e = xp.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)

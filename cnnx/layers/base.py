@@ -1,0 +1,137 @@
+"""What every layer shares: its backend, dtype, parameters, gradients and input checks.
+
+A layer computes ``forward(x) -> y`` and ``backward(dy) -> dx``. ``forward`` keeps only what
+``backward`` needs; ``backward`` overwrites ``.grads`` (same keys as ``.params``) with
+dL/dparam for the batch and returns dL/dx. Layers never import numpy or cupy: they use
+``self.xp``, the array module of the backend they were moved to with ``to(device)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import config
+from ..backends import Backend, get_backend
+
+DTYPES = ("float32", "float64")
+
+
+class Layer:
+    """Base class. Subclasses set ``self.params`` in ``reset_parameters`` (if they have any)."""
+
+    #: what ``model.spec()`` records: the constructor arguments that rebuild this layer
+    config_keys: tuple[str, ...] = ()
+
+    def __init__(self, dtype: str = "float32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"{type(self).__name__}: dtype must be one of {DTYPES}, got {dtype!r}")
+        self.dtype = dtype
+        self.backend: Backend = get_backend("cpu")
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.training = True
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-able) that rebuild this layer, plus its type."""
+        spec = {"type": self.name}
+        for key in self.config_keys:
+            value = getattr(self, key)
+            spec[key] = list(value) if isinstance(value, tuple) else value
+        return spec
+
+    # ---------------------------------------------------------------- parameters
+    def reset_parameters(self, rng, init: str = "he") -> None:
+        """Draw fresh parameters from ``rng`` (a numpy Generator); no-op without parameters."""
+
+    def _init_weight(self, rng, shape, fan_in: int, fan_out: int, init: str):
+        """He (normal, std sqrt(2/fan_in)) for layers feeding ReLU; Xavier (normal,
+        std sqrt(2/(fan_in+fan_out))) otherwise. Drawn in float64 on the host from ``rng``
+        so the same seed gives the same weights on every backend and dtype."""
+        if init == "he":
+            std = math.sqrt(2.0 / fan_in)
+        elif init == "xavier":
+            std = math.sqrt(2.0 / (fan_in + fan_out))
+        else:
+            raise ValueError(f"{self.name}: init must be 'he' or 'xavier', got {init!r}")
+        return self.backend.asarray(rng.standard_normal(shape) * std, dtype=self.dtype)
+
+    def _zeros(self, shape):
+        return self.xp.zeros(shape, dtype=self.dtype)
+
+    def num_parameters(self) -> int:
+        return sum(int(p.size) for p in self.params.values())
+
+    def to(self, device) -> "Layer":
+        """Move parameters (and the layer's computations) to ``device``; returns self."""
+        backend = get_backend(device)
+        if backend is not self.backend:
+            self.params = {k: backend.asarray(self.backend.to_numpy(v)) for k, v in self.params.items()}
+            self.grads = {k: backend.xp.zeros_like(v) for k, v in self.params.items()}
+            self.backend = backend
+        return self
+
+    def train(self) -> "Layer":
+        self.training = True
+        return self
+
+    def eval(self) -> "Layer":
+        self.training = False
+        return self
+
+    # ---------------------------------------------------------------- shapes and checks
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """Shape of one output example given one input example's shape (no batch axis)."""
+        return tuple(input_shape)
+
+    def check_input(self, x, rank: int | None = None, channels: int | None = None) -> None:
+        """Raise ValueError naming this layer when ``x`` is not what forward expects."""
+        if not self.backend.owns(x):
+            raise ValueError(
+                f"{self.name}: input is a {type(x).__module__}.{type(x).__name__}, but the layer "
+                f"is on {self.backend.name}; convert with backend.asarray or move the layer with .to()"
+            )
+        if rank is not None and x.ndim != rank:
+            raise ValueError(
+                f"{self.name}: expected a rank-{rank} input {self._layout(rank)}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(
+                f"{self.name}: expected {channels} input channels/features (axis 1), "
+                f"got {x.shape[1]} in shape {tuple(x.shape)}"
+            )
+        if str(x.dtype) != self.dtype:
+            raise ValueError(
+                f"{self.name}: expected dtype {self.dtype}, got {x.dtype}; "
+                f"cast the input or build the layer with dtype={str(x.dtype)!r}"
+            )
+        if config.check_finite and not bool(self.xp.isfinite(x).all()):
+            raise ValueError(f"{self.name}: input contains NaN or inf")
+
+    @staticmethod
+    def _layout(rank: int) -> str:
+        return {4: "(N, C, H, W)", 2: "(N, features)"}.get(rank, "")
+
+    def _require_forward(self, cache) -> None:
+        if cache is None:
+            raise ValueError(f"{self.name}: backward called before forward")
+
+    def describe(self) -> str:
+        """Compact one-line form for tables: ``Conv2D(1, 16, k=(3, 3), s=(1, 1), p=(1, 1), relu)``."""
+        short = {"kernel_size": "k=", "stride": "s=", "padding": "p=", "axis": "axis="}
+        parts = [f"{short.get(k, '')}{v}" for k in self.config_keys
+                 if (v := getattr(self, k)) is not None]
+        return f"{self.name}({', '.join(parts)})".replace("'", "")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.config_keys)
+        return f"{self.name}({args})"

@@ -1,0 +1,170 @@
+"""``Sequential``: a stack of layers run forward in order and backward in reverse (seed 001 §4)."""
+
+from __future__ import annotations
+
+from .backends import get_backend, make_rng
+from .layers import ReLU, from_config
+from .layers.base import DTYPES
+
+# Layers between a parametric layer and its activation that do not change which init fits.
+_PASS_THROUGH = ("Flatten", "MaxPool2D", "AvgPool2D", "Dropout")
+
+
+class Sequential:
+    """Sequential(layers, input_shape=None, seed=0).
+
+    ``input_shape`` (one example, e.g. ``(1, 28, 28)``) enables shape inference: every layer's
+    output shape is computed at construction, so a mismatch is reported before any data flows.
+    Parameters are (re)drawn from ``seed``: He init for layers feeding a ReLU, Xavier otherwise.
+    """
+
+    def __init__(self, layers, input_shape=None, seed: int = 0):
+        self.layers = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential: needs at least one layer")
+        dtypes = {layer.dtype for layer in self.layers}
+        if len(dtypes) != 1:
+            raise ValueError(f"Sequential: all layers must share one dtype, got {sorted(dtypes)}")
+        self.dtype = dtypes.pop()
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.seed = int(seed)
+        if self.input_shape is not None:
+            self.shapes()
+        self.reset_parameters(self.seed)
+
+    # ---------------------------------------------------------------- construction
+    def reset_parameters(self, seed: int) -> None:
+        rng = make_rng(seed)
+        for index, layer in enumerate(self.layers):
+            layer.reset_parameters(rng, self._init_for(index))
+
+    def _init_for(self, index: int) -> str:
+        layer = self.layers[index]
+        if getattr(layer, "activation", None) == "relu":
+            return "he"
+        for following in self.layers[index + 1:]:
+            if isinstance(following, ReLU):
+                return "he"
+            if following.name not in _PASS_THROUGH:
+                break
+        return "xavier"
+
+    def shapes(self, input_shape=None) -> list[tuple]:
+        """Output shape (per example) after each layer; raises ValueError at the first mismatch."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError("Sequential: no input shape given (pass input_shape=(C, H, W))")
+        out = []
+        for index, layer in enumerate(self.layers):
+            try:
+                shape = tuple(int(s) for s in layer.output_shape(shape))
+            except ValueError as exc:
+                raise ValueError(f"layer {index} ({exc})") from None
+            out.append(shape)
+        return out
+
+    # ---------------------------------------------------------------- running
+    @property
+    def backend(self):
+        return self.layers[0].backend
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Back-propagate dL/d(output) through every layer (seed 001 eqs. 18-21); fills grads."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def train(self) -> "Sequential":
+        for layer in self.layers:
+            layer.train()
+        return self
+
+    def eval(self) -> "Sequential":
+        for layer in self.layers:
+            layer.eval()
+        return self
+
+    def to(self, device) -> "Sequential":
+        backend = get_backend(device)
+        for layer in self.layers:
+            layer.to(backend)
+        return self
+
+    # ---------------------------------------------------------------- parameters and state
+    def parameters(self):
+        """``[(name, layer, key)]`` for every parameter; the array is ``layer.params[key]``."""
+        return [(f"{i}.{key}", layer, key)
+                for i, layer in enumerate(self.layers) for key in layer.params]
+
+    def num_parameters(self) -> int:
+        return sum(layer.num_parameters() for layer in self.layers)
+
+    def state_dict(self) -> dict:
+        """``{"0.W": NumPy array, ...}``: host copies, loadable without CuPy."""
+        return {name: self.backend.to_numpy(layer.params[key]).copy()
+                for name, layer, key in self.parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        expected = {name: layer.params[key] for name, layer, key in self.parameters()}
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        if missing or extra:
+            raise ValueError(f"state does not fit this model: missing {missing}, unexpected {extra}")
+        for name, layer, key in self.parameters():
+            value = state[name]
+            if tuple(value.shape) != tuple(expected[name].shape):
+                raise ValueError(f"state does not fit this model: {name} has shape "
+                                 f"{tuple(value.shape)}, the model needs {tuple(expected[name].shape)}")
+            layer.params[key] = layer.backend.asarray(value, dtype=layer.dtype)
+
+    def spec(self) -> list[dict]:
+        """JSON-able description of the layer stack (``from_spec`` rebuilds it)."""
+        return [layer.config() for layer in self.layers]
+
+    # ---------------------------------------------------------------- reporting
+    def layer_table(self) -> list[dict]:
+        shapes = self.shapes() if self.input_shape else [None] * len(self.layers)
+        return [{"index": i, "layer": layer.describe(), "output_shape": shape,
+                 "parameters": layer.num_parameters()}
+                for i, (layer, shape) in enumerate(zip(self.layers, shapes))]
+
+    def summary(self) -> str:
+        """Per layer: output shape (seed 000 §1.4.6) and parameter count, then the total."""
+        rows = [("#", "layer", "output shape", "parameters")]
+        if self.input_shape:
+            rows.append(("", "input", _fmt_shape(self.input_shape), ""))
+        for row in self.layer_table():
+            rows.append((str(row["index"]), row["layer"], _fmt_shape(row["output_shape"]),
+                         f"{row['parameters']:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(cell.ljust(w) if c < 3 else cell.rjust(w)
+                           for c, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.append(f"total parameters: {self.num_parameters():,}  (dtype {self.dtype})")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer) for layer in self.layers)
+        return f"Sequential(\n  {inner}\n)"
+
+
+def _fmt_shape(shape) -> str:
+    return "?" if shape is None else "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def from_spec(spec, input_shape=None, seed: int = 0, dtype: str = "float32") -> Sequential:
+    """Rebuild a Sequential from ``model.spec()`` (a list of layer configs)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if not isinstance(spec, list) or not spec:
+        raise ValueError("a model spec must be a non-empty list of layer objects")
+    layers = [from_config(layer, dtype=dtype) for layer in spec]
+    return Sequential(layers, input_shape=input_shape, seed=seed)
+

@@ -1,0 +1,86 @@
+"""Named model presets and JSON model files: ``build("reference")`` or ``build("my.json")``.
+
+A JSON model file is either a list of layer objects (``Layer.config()``) or an object
+``{"input_shape": [C, H, W], "layers": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
+from .model import Sequential, from_spec
+
+
+def reference(dtype="float32"):
+    """The reference CNN of the project: conv3x3(1→16, pad 1)–ReLU–maxpool2–conv3x3(16→32,
+    pad 1)–ReLU–maxpool2–flatten–dense(1568→128)–ReLU–dense(128→10); 28x28x1 input."""
+    return [
+        Conv2D(1, 16, 3, padding=1, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Conv2D(16, 32, 3, padding=1, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype),
+        Dense(32 * 7 * 7, 128, activation="relu", dtype=dtype), Dense(128, 10, dtype=dtype),
+    ], (1, 28, 28)
+
+
+def lenet5(dtype="float32"):
+    """LeNet-5 in its common modern form (ReLU, max-pool) for 28x28x1 input (conv1 pads 2)."""
+    return [
+        Conv2D(1, 6, 5, padding=2, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Conv2D(6, 16, 5, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype),
+        Dense(16 * 5 * 5, 120, activation="relu", dtype=dtype),
+        Dense(120, 84, activation="relu", dtype=dtype), Dense(84, 10, dtype=dtype),
+    ], (1, 28, 28)
+
+
+def seed_cnn(dtype="float32"):
+    """Seed 001's network (eq. 23): (conv–ReLU–maxpool) x2, flatten, dense–ReLU, dense, softmax
+    (fused into the cross-entropy loss). Sized for 28x28x1."""
+    return [
+        Conv2D(1, 8, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Conv2D(8, 16, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype), Dense(16 * 5 * 5, 64, dtype=dtype), ReLU(dtype=dtype),
+        Dense(64, 10, dtype=dtype),
+    ], (1, 28, 28)
+
+
+def seed002_net(dtype="float32", in_shape=(1, 8, 8), outputs=1):
+    """Seed 002's network: conv–ReLU–avgpool–conv–ReLU–maxpool–flatten–dense, sigmoid output
+    (fused into BinaryCrossEntropy on the logits)."""
+    c, h, w = in_shape
+    h2, w2 = ((h - 2) // 2 - 2) // 2, ((w - 2) // 2 - 2) // 2
+    return [
+        Conv2D(c, 3, 3, dtype=dtype), ReLU(dtype=dtype), AvgPool2D(2, dtype=dtype),
+        Conv2D(3, 4, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype), Dense(4 * h2 * w2, outputs, dtype=dtype),
+    ], in_shape
+
+
+PRESETS = {"reference": reference, "lenet5": lenet5, "seed-cnn": seed_cnn}
+
+
+def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None) -> Sequential:
+    """A Sequential from a preset name or a JSON model file path."""
+    if name in PRESETS:
+        layers, shape = PRESETS[name](dtype)
+        return Sequential(layers, input_shape=input_shape or shape, seed=seed)
+    if name.endswith(".json") or os.path.sep in name:
+        return _from_json(name, dtype, seed, input_shape)
+    raise ValueError(f"unknown model {name!r}: use one of {', '.join(PRESETS)} or a .json file")
+
+
+def _from_json(path: str, dtype: str, seed: int, input_shape):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read model file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"model file {path} is not valid JSON: {exc}") from None
+    if isinstance(data, dict):
+        input_shape = input_shape or data.get("input_shape")
+        data = data.get("layers")
+    shape = tuple(input_shape) if input_shape else None
+    return from_spec(data, input_shape=shape, seed=seed, dtype=dtype)

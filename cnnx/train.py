@@ -1,0 +1,187 @@
+"""The training loop: mini-batch SGD over shuffled data (seed 003 §II.5), with per-epoch history.
+
+Randomness is explicit: epoch e's shuffle order is drawn from ``make_rng((seed, e))``, so a run
+resumed at (epoch, step) replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import config
+from .backends import make_rng
+from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True):
+    """Indices of the n examples in the order epoch ``epoch`` visits them (host array)."""
+    order = make_rng((seed, epoch)).permutation(n)
+    if not shuffle:
+        order.sort()
+    return order
+
+
+def batch_slices(n: int, batch_size: int, drop_last: bool):
+    """``[(start, stop)]`` of each mini-batch; a last, smaller batch is dropped if asked."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    slices = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if drop_last and slices and slices[-1][1] - slices[-1][0] < batch_size:
+        slices.pop()
+    return slices
+
+
+def correct_count(logits, target, loss):
+    """Number of correct predictions in a batch as a 0-d device array (None for regression)."""
+    if isinstance(loss, SoftmaxCrossEntropy):
+        labels = target if target.ndim == 1 else target.argmax(axis=1)
+        return (logits.argmax(axis=1) == labels).sum()
+    if isinstance(loss, BinaryCrossEntropy):
+        return ((logits > 0) == (target > 0.5)).sum() / (logits.size // logits.shape[0])
+    return None
+
+
+def prepare(model, x, y, name: str = "data"):
+    """Validate a dataset once (finite values, matching lengths) and put it on model's device."""
+    backend = model.backend
+    x = backend.asarray(x, dtype=model.dtype)
+    y = backend.asarray(y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: {x.shape[0]} inputs but {y.shape[0]} targets")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: no examples")
+    if not bool(backend.xp.isfinite(x).all()):
+        raise ValueError(f"{name}: inputs contain NaN or inf")
+    if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
+        raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
+                         f"the model expects {model.input_shape}")
+    return x, y
+
+
+def train_step(model, loss, optimizer, xb, yb):
+    """One SGD step: forward, loss, backward, update. Returns (loss 0-d array, logits)."""
+    logits = model.forward(xb)
+    value = loss.forward(logits, yb)
+    model.backward(loss.backward())
+    optimizer.step()
+    return value, logits
+
+
+def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, validation=None,
+        seed: int = 0, shuffle: bool = True, drop_last: bool = False, start_epoch: int = 0,
+        start_step: int = 0, on_batch=None, on_epoch=None, augment=None):
+    """Train ``model`` and return the history: one dict per epoch with ``epoch, train_loss,
+    train_accuracy, val_loss, val_accuracy, images_per_second, seconds``.
+
+    ``start_epoch``/``start_step`` resume inside a run (the shuffle order is re-derived).
+    ``on_batch(info)`` is called after every step with a dict (``epoch, step, steps, images,
+    loss`` — loss as a 0-d device array: convert only when you log it). ``on_epoch(record)``
+    is called after every epoch; returning ``"stop"`` ends training early.
+    ``augment(xb, rng)`` (optional) transforms each training batch.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    x, y = prepare(model, x, y, "training data")
+    if validation is not None:
+        validation = prepare(model, *validation, name="validation data")
+    _check_targets(model, loss, x[:1], y)
+    history = []
+    slices = batch_slices(x.shape[0], batch_size, drop_last)
+    for epoch in range(start_epoch, epochs):
+        record = _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle,
+                            start_step if epoch == start_epoch else 0, on_batch, augment)
+        if validation is not None:
+            val = evaluate(model, loss, *validation, batch_size=max(batch_size, 256))
+            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+        else:
+            record.update(val_loss=None, val_accuracy=None)
+        history.append(record)
+        if on_epoch is not None and on_epoch(record) == "stop":
+            break
+    return history
+
+
+def _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle, first_step,
+               on_batch, augment):
+    backend = model.backend
+    order = backend.asarray(epoch_order(x.shape[0], seed, epoch, shuffle))
+    total_loss = total_correct = 0
+    seen = 0
+    started = time.perf_counter()
+    model.train()
+    with config.finite_checks(False):  # the data was checked once in prepare()
+        for step in range(first_step, len(slices)):
+            start, stop = slices[step]
+            index = order[start:stop]
+            xb, yb = x[index], y[index]
+            if augment is not None:
+                xb = augment(xb, make_rng((seed, epoch, step)))
+            value, logits = train_step(model, loss, optimizer, xb, yb)
+            count = stop - start
+            total_loss = total_loss + value * count
+            correct = correct_count(logits, yb, loss)
+            total_correct = None if correct is None else total_correct + correct
+            seen += count
+            if on_batch is not None:
+                on_batch({"epoch": epoch, "step": step, "steps": len(slices), "images": count,
+                          "loss": value})
+    backend.synchronize()
+    seconds = time.perf_counter() - started
+    return {
+        "epoch": epoch + 1,
+        "train_loss": backend.scalar(total_loss) / max(seen, 1),
+        "train_accuracy": None if total_correct is None else backend.scalar(total_correct) / max(seen, 1),
+        "images_per_second": seen / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+    }
+
+
+def _check_targets(model, loss, x_one, y):
+    """Check the targets against the model's output once (e.g. labels within the class count)."""
+    with config.finite_checks(True):
+        was_training = model.layers[0].training
+        model.eval()
+        out = model.forward(x_one)
+        loss.forward(backend_repeat(model.backend, out, y.shape[0]), y)
+        if was_training:
+            model.train()
+
+
+def backend_repeat(backend, row, n):
+    """``row`` (1, ...) broadcast to (n, ...) without copying."""
+    return backend.xp.broadcast_to(row, (n,) + tuple(row.shape[1:]))
+
+
+def predict(model, x, batch_size: int = 256):
+    """Model outputs for every example, in eval mode, as one device array."""
+    x = model.backend.asarray(x, dtype=model.dtype)
+    model.eval()
+    outs = [model.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    model.train()
+    return model.backend.xp.concatenate(outs, axis=0)
+
+
+def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
+    """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
+    (or None for regression losses)."""
+    backend = model.backend
+    x, y = prepare(model, x, y, "evaluation data")
+    total_loss = total_correct = 0
+    predictions = []
+    model.eval()
+    with config.finite_checks(False):
+        for start in range(0, x.shape[0], batch_size):
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            logits = model.forward(xb)
+            total_loss = total_loss + loss.forward(logits, yb) * xb.shape[0]
+            correct = correct_count(logits, yb, loss)
+            total_correct = None if correct is None else total_correct + correct
+            if isinstance(loss, SoftmaxCrossEntropy):
+                predictions.append(logits.argmax(axis=1))
+    model.train()
+    n = x.shape[0]
+    return {
+        "loss": backend.scalar(total_loss) / n,
+        "accuracy": None if total_correct is None else backend.scalar(total_correct) / n,
+        "predictions": backend.to_numpy(backend.xp.concatenate(predictions)) if predictions else None,
+    }
