@@ -1,0 +1,99 @@
+"""Every layer and loss against PyTorch in float64 (relative error ≤ 1e-10), through the public
+contract only: NCHW, W (out, in, kh, kw) / (out, in), mean-reduced losses. Runs where torch is
+installed (``pip install torch`` — a benchmark/test-only dependency)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from cnnx import layers, losses  # noqa: E402
+
+
+def _close(ours, theirs):
+    theirs = theirs.detach().numpy()
+    scale = max(np.abs(theirs).max(), 1e-300)
+    assert np.abs(np.asarray(ours) - theirs).max() / scale <= 1e-10
+
+
+@pytest.mark.parametrize("k, s, p", [(3, 1, 1), ((2, 3), (2, 1), (1, 0)), (4, 3, 2), (1, 1, 0)])
+def test_conv2d(k, s, p):
+    rng = np.random.default_rng(0)
+    conv = layers.Conv2D(3, 4, k, stride=s, padding=p, dtype="float64")
+    conv.params["b"] = rng.standard_normal(4)
+    x = rng.standard_normal((2, 3, 9, 8))
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(conv.params["W"], requires_grad=True)
+    tb = torch.tensor(conv.params["b"], requires_grad=True)
+    ty = F.conv2d(tx, tw, tb, stride=s, padding=p)
+    ty.backward(torch.tensor(dy))
+    _close(y, ty)
+    _close(dx, tx.grad)
+    _close(conv.grads["W"], tw.grad)
+    _close(conv.grads["b"], tb.grad)
+
+
+@pytest.mark.parametrize("cls, fn", [(layers.MaxPool2D, F.max_pool2d), (layers.AvgPool2D, F.avg_pool2d)])
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1))])
+def test_pooling(cls, fn, k, s, p):
+    rng = np.random.default_rng(1)
+    x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 9 * 8)).reshape(2, 3, 9, 8)
+    pool = cls(k, stride=s, padding=p, dtype="float64")
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = fn(tx, k, stride=s if s is not None else k, padding=p)
+    ty.backward(torch.tensor(dy))
+    _close(y, ty)
+    _close(pool.backward(dy), tx.grad)
+
+
+def test_dense_and_activations():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((5, 7)) * 3
+    dense = layers.Dense(7, 4, dtype="float64")
+    y = dense.forward(x)
+    dy = rng.standard_normal(y.shape)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(dense.params["W"], requires_grad=True)
+    ty = F.linear(tx, tw, torch.tensor(dense.params["b"]))
+    ty.backward(torch.tensor(dy))
+    _close(y, ty)
+    _close(dense.backward(dy), tx.grad)
+    _close(dense.grads["W"], tw.grad)
+    for cls, fn in [(layers.ReLU, torch.relu), (layers.Sigmoid, torch.sigmoid),
+                    (layers.Tanh, torch.tanh), (layers.Softmax, lambda t: torch.softmax(t, 1))]:
+        layer = cls(dtype="float64")
+        dy = rng.standard_normal(x.shape)
+        tx = torch.tensor(x, requires_grad=True)
+        ty = fn(tx)
+        ty.backward(torch.tensor(dy))
+        _close(layer.forward(x), ty)
+        _close(layer.backward(dy), tx.grad)
+
+
+@pytest.mark.parametrize("name", ["ce", "ce_onehot", "bce", "mse"])
+def test_losses(name):
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((6, 5)) * 4
+    tz = torch.tensor(z, requires_grad=True)
+    if name.startswith("ce"):
+        labels = rng.integers(0, 5, 6)
+        target = np.eye(5)[labels] if name == "ce_onehot" else labels
+        ours, theirs = losses.SoftmaxCrossEntropy(), F.cross_entropy(tz, torch.tensor(labels))
+    elif name == "bce":
+        target = rng.random((6, 5))
+        ours, theirs = losses.BinaryCrossEntropy(), F.binary_cross_entropy_with_logits(tz, torch.tensor(target))
+    else:
+        target = rng.standard_normal((6, 5))
+        ours, theirs = losses.MSE(), F.mse_loss(tz, torch.tensor(target))
+    value = ours.forward(z, target)
+    theirs.backward()
+    assert abs(float(value) - theirs.item()) <= 1e-10 * abs(theirs.item())
+    _close(ours.backward(), tz.grad)

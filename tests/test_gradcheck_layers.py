@@ -1,0 +1,140 @@
+"""Float64 central-difference gradchecks of every layer and loss over hypothesis-generated
+shapes, strides and paddings (rectangular kernels, stride > 1 with padding, "same" with even
+kernels, odd sizes). Tolerance: max relative error ≤ 1e-7."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from cnnx import gradcheck, layers, losses
+from conftest import tie_free
+
+TOL = 1e-7
+
+conv_case = st.fixed_dictionaries({
+    "n": st.integers(1, 2), "cin": st.integers(1, 3), "cout": st.integers(1, 3),
+    "h": st.integers(1, 7), "w": st.integers(1, 7),
+    "k": st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    "s": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    "p": st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("same"), st.just("valid")),
+    "relu": st.booleans(),
+})
+
+
+def _fits(h, w, k, pads):
+    (pt, pb), (pl, pr) = pads
+    return h + pt + pb >= k[0] and w + pl + pr >= k[1]
+
+
+def _assert_small(errors):
+    assert errors and max(errors.values()) <= TOL, errors
+
+
+@given(case=conv_case)
+def test_conv2d(backend, case):
+    from cnnx.shapes import resolve_padding
+    stride = (1, 1) if case["p"] == "same" else case["s"]
+    pads = resolve_padding(case["p"], case["k"], stride, "Conv2D")
+    assume(_fits(case["h"], case["w"], case["k"], pads))
+    layer = layers.Conv2D(case["cin"], case["cout"], case["k"], stride=stride, padding=case["p"],
+                          activation="relu" if case["relu"] else None, dtype="float64").to(backend)
+    rng = np.random.default_rng(0)
+    x = backend.asarray(rng.standard_normal((case["n"], case["cin"], case["h"], case["w"])))
+    layer.params["b"][...] = backend.asarray(rng.standard_normal(case["cout"]))
+    if case["relu"]:  # keep pre-activations away from the kink at 0
+        layer.activation = None
+        z = backend.to_numpy(layer.forward(x))
+        layer.activation = "relu"
+        assume(np.abs(z).min() > 1e-4)
+    _assert_small(gradcheck(layer, x))
+
+
+pool_case = st.fixed_dictionaries({
+    "n": st.integers(1, 2), "c": st.integers(1, 3), "h": st.integers(1, 8), "w": st.integers(1, 8),
+    "k": st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    "s": st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))),
+    "p": st.tuples(st.integers(0, 2), st.integers(0, 2)),
+})
+
+
+@pytest.mark.parametrize("cls", [layers.MaxPool2D, layers.AvgPool2D])
+@given(case=pool_case)
+def test_pooling(backend, cls, case):
+    p = (min(case["p"][0], case["k"][0] // 2), min(case["p"][1], case["k"][1] // 2))
+    assume(_fits(case["h"], case["w"], case["k"], ((p[0], p[0]), (p[1], p[1]))))
+    layer = cls(case["k"], stride=case["s"], padding=p, dtype="float64").to(backend)
+    x = backend.asarray(tie_free(np.random.default_rng(1), (case["n"], case["c"], case["h"], case["w"])))
+    _assert_small(gradcheck(layer, x))
+
+
+@given(n=st.integers(1, 4), fin=st.integers(1, 9), fout=st.integers(1, 9), relu=st.booleans())
+def test_dense(backend, n, fin, fout, relu):
+    layer = layers.Dense(fin, fout, activation="relu" if relu else None, dtype="float64").to(backend)
+    rng = np.random.default_rng(2)
+    x = backend.asarray(rng.standard_normal((n, fin)))
+    if relu:
+        z = backend.to_numpy(x @ layer.params["W"].T)
+        assume(np.abs(z).min() > 1e-4)
+    _assert_small(gradcheck(layer, x))
+
+
+@pytest.mark.parametrize("cls", [layers.ReLU, layers.Sigmoid, layers.Tanh, layers.Identity,
+                                 layers.Flatten])
+@given(shape=st.lists(st.integers(1, 4), min_size=2, max_size=4))
+def test_elementwise_and_flatten(backend, cls, shape):
+    x = backend.asarray(tie_free(np.random.default_rng(3), tuple(shape), -3, 3, away_from_zero=0.01))
+    _assert_small(gradcheck(cls(dtype="float64").to(backend), x))
+
+
+@given(n=st.integers(1, 4), k=st.integers(1, 8), four_d=st.booleans())
+def test_softmax_full_jacobian(backend, n, k, four_d):
+    shape = (n, k, 2, 3) if four_d else (n, k)
+    x = backend.asarray(np.random.default_rng(4).standard_normal(shape) * 3)
+    _assert_small(gradcheck(layers.Softmax(dtype="float64").to(backend), x))
+
+
+@given(n=st.integers(1, 6), k=st.integers(2, 7), one_hot=st.booleans())
+def test_softmax_cross_entropy(backend, n, k, one_hot):
+    rng = np.random.default_rng(5)
+    logits = backend.asarray(rng.standard_normal((n, k)) * 2)
+    labels = rng.integers(0, k, n)
+    target = np.eye(k)[labels] if one_hot else labels
+    _assert_small(gradcheck(losses.SoftmaxCrossEntropy(), logits, backend.asarray(target)))
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_binary_cross_entropy(backend, shape):
+    rng = np.random.default_rng(6)
+    logits = backend.asarray(rng.standard_normal(shape) * 3)
+    target = backend.asarray(rng.random(shape))  # soft targets are allowed too
+    _assert_small(gradcheck(losses.BinaryCrossEntropy(), logits, target))
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_mse(backend, shape):
+    rng = np.random.default_rng(7)
+    pred = backend.asarray(rng.standard_normal(shape))
+    _assert_small(gradcheck(losses.MSE(), pred, backend.asarray(rng.standard_normal(shape))))
+
+
+def test_gradcheck_catches_a_wrong_gradient(backend):
+    # the checker itself must fail on a broken backward (here: the bias gradient doubled)
+    layer = layers.Dense(3, 2, dtype="float64").to(backend)
+    original = layer.backward
+
+    def broken(dy):
+        dx = original(dy)
+        layer.grads["b"] = layer.grads["b"] * 2
+        return dx
+    layer.backward = broken
+    x = backend.asarray(np.random.default_rng(8).standard_normal((4, 3)))
+    errors = gradcheck(layer, x)
+    assert errors["b"] > 0.1 and errors["W"] <= TOL
+
+
+def test_gradcheck_refuses_float32(backend):
+    with pytest.raises(ValueError, match="float64"):
+        gradcheck(layers.Dense(2, 2).to(backend), backend.asarray(np.ones((1, 2), np.float32)))

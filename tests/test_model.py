@@ -1,0 +1,110 @@
+"""Whole models: gradchecks of the seeds' networks, training, state, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnx import Sequential, evaluate, fit, gradcheck, layers, losses, models, optim
+from cnnx.models import seed002_net
+
+
+def _random_biases(model, rng):
+    for _, layer, key in model.parameters():
+        if key == "b":
+            layer.params["b"] = model.backend.asarray(rng.uniform(0.1, 0.5, layer.params["b"].shape))
+
+
+def test_seed002_network_gradcheck(backend):
+    # conv–relu–avgpool–conv–relu–maxpool–flatten–dense, sigmoid + binary cross-entropy
+    stack, shape = seed002_net("float64", in_shape=(2, 10, 10), outputs=1)
+    model = Sequential(stack, input_shape=shape, seed=3).to(backend)
+    rng = np.random.default_rng(0)
+    _random_biases(model, rng)
+    x = backend.asarray(rng.standard_normal((3, 2, 10, 10)))
+    y = backend.asarray(rng.integers(0, 2, (3, 1)).astype(np.float64))
+    errors = gradcheck(model, x, y, loss=losses.BinaryCrossEntropy())
+    assert max(errors.values()) <= 1e-7, errors
+
+
+def test_seed001_network_gradcheck(backend):
+    # (conv–relu–maxpool) x2, dense–relu, dense–softmax cross-entropy (seed 001 eq. 23)
+    model = Sequential([
+        layers.Conv2D(1, 2, 3, dtype="float64"), layers.ReLU(dtype="float64"), layers.MaxPool2D(2, dtype="float64"),
+        layers.Conv2D(2, 3, 3, dtype="float64"), layers.ReLU(dtype="float64"), layers.MaxPool2D(2, dtype="float64"),
+        layers.Flatten(dtype="float64"), layers.Dense(3, 5, dtype="float64"), layers.ReLU(dtype="float64"),
+        layers.Dense(5, 4, dtype="float64"),
+    ], input_shape=(1, 12, 12), seed=1).to(backend)
+    rng = np.random.default_rng(1)
+    _random_biases(model, rng)  # zero biases put all-dead units exactly on ReLU's kink
+    x = backend.asarray(rng.standard_normal((4, 1, 12, 12)))
+    errors = gradcheck(model, x, backend.asarray(rng.integers(0, 4, 4)), loss=losses.SoftmaxCrossEntropy())
+    assert max(errors.values()) <= 1e-7, errors
+
+
+def synthetic(n, seed=0):
+    """Ten classes, each a bright bar at its own place on a noisy 28x28 image."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.random((n, 1, 28, 28), dtype=np.float32) * 0.3
+    for i, label in enumerate(y):
+        x[i, 0, 2 + 2 * label:4 + 2 * label, 4:24] += 0.7
+    return x, y
+
+
+def test_training_the_reference_cnn_learns(backend):
+    x, y = synthetic(512)
+    val = synthetic(128, seed=1)
+    model = models.build("reference", seed=0).to(backend)
+    loss = losses.SoftmaxCrossEntropy()
+    before = evaluate(model, loss, *val)
+    history = fit(model, loss, optim.SGD(model, lr=0.05, momentum=0.9), x, y, epochs=3,
+                  batch_size=32, validation=val, seed=0)
+    assert len(history) == 3
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < 0.5 * before["loss"]
+    assert before["accuracy"] < 0.5 < 0.9 < history[-1]["val_accuracy"]
+
+
+def test_training_is_deterministic_under_a_seed():
+    x, y = synthetic(96)
+    runs = []
+    for _ in range(2):
+        model = models.build("reference", seed=5)
+        fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.05), x, y, epochs=1,
+            batch_size=32, seed=7)
+        runs.append(model.state_dict())
+    for key in runs[0]:
+        assert runs[0][key].tobytes() == runs[1][key].tobytes()
+
+
+def test_drop_last_skips_the_incomplete_batch():
+    from cnnx.train import batch_slices
+    assert batch_slices(10, 4, drop_last=False) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_slices(10, 4, drop_last=True) == [(0, 4), (4, 8)]
+
+
+def test_state_dict_round_trip_and_mismatch(backend):
+    a = models.build("reference", seed=1).to(backend)
+    b = models.build("reference", seed=2).to(backend)
+    b.load_state_dict(a.state_dict())
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+    with pytest.raises(ValueError, match="missing"):
+        models.build("lenet5").load_state_dict(a.state_dict())
+
+
+def test_spec_rebuilds_the_same_model():
+    from cnnx import from_spec
+    a = models.build("lenet5", seed=4)
+    b = from_spec(a.spec(), input_shape=(1, 28, 28), seed=4)
+    assert b.spec() == a.spec() and b.summary() == a.summary()
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+
+
+def test_he_init_feeds_relu_and_xavier_otherwise():
+    model = Sequential([layers.Dense(1000, 1000), layers.ReLU(), layers.Dense(1000, 10)], seed=0)
+    first, last = model.layers[0].params["W"], model.layers[2].params["W"]
+    assert np.std(first) == pytest.approx(np.sqrt(2 / 1000), rel=0.02)
+    assert np.std(last) == pytest.approx(np.sqrt(2 / 1010), rel=0.05)
