@@ -172,3 +172,26 @@ def test_sgd_update_is_the_pytorch_rule(backend, momentum, decay):
         np.testing.assert_allclose(backend.to_numpy(vd), v, rtol=1e-12)
         g2 = v
     np.testing.assert_allclose(backend.to_numpy(wd), w - 0.1 * g2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True])
+@given(g=geometry)
+def test_conv2d_pair_matches_the_plain_im2col_form(backend, dtype, relu, g):
+    # a backend may override conv2d_forward/backward with a faster formulation; it must agree
+    # with the plain im2col default written in base.py (and so with the loop oracle above)
+    from cnnx.backends import Backend
+    win, fits = _window(g)
+    if not fits:
+        return
+    rng = np.random.default_rng(8)
+    x = backend.asarray(rng.standard_normal((g["n"], g["c"], g["h"], g["w"])), dtype)
+    w = backend.asarray(rng.standard_normal((3, g["c"], g["kh"], g["kw"])), dtype)
+    b = backend.asarray(rng.standard_normal(3), dtype)
+    y, saved = backend.conv2d_forward(x, w, b, win, relu)
+    y0, saved0 = Backend.conv2d_forward(backend, x, w, b, win, relu)
+    np.testing.assert_allclose(backend.to_numpy(y), backend.to_numpy(y0), **_tol(dtype))
+    dy = backend.asarray(rng.standard_normal(y.shape), dtype)
+    for got, want in zip(backend.conv2d_backward(dy, saved, w, win, relu),
+                         Backend.conv2d_backward(backend, dy, saved0, w, win, relu)):
+        np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(want), **_tol(dtype))

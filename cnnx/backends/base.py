@@ -131,6 +131,32 @@ class Backend:
         """dL/dz = dL/dy * 1[z > 0]; ``y = relu(z)`` so ``y > 0`` exactly when ``z > 0``."""
         return dy * (y > 0)
 
+    def conv2d_forward(self, x, w, b, win: Window, relu: bool):
+        """Y = act(im2col(X) @ W_mat^T + b) as NCHW, plus what ``conv2d_backward`` needs.
+
+        The default is the plain im2col form (seed 004); a backend may override the pair with
+        a faster formulation of the same equations (tested equal in test_backend_ops.py).
+        """
+        n, _, h, wd = x.shape
+        out = w.shape[0]
+        ho, wo = win.out_hw(h, wd)
+        col = self.im2col(x, win)
+        rows = self.bias_activation(col @ w.reshape(out, -1).T, b, relu)
+        y = rows.reshape(n, ho, wo, out).transpose(0, 3, 1, 2)
+        return y, (col, x.shape, rows)
+
+    def conv2d_backward(self, dy, saved, w, win: Window, relu: bool):
+        """Returns (dL/dX, dL/dW, dL/db) from dL/dY and what ``conv2d_forward`` saved."""
+        col, x_shape, rows = saved
+        out = w.shape[0]
+        delta = dy.transpose(0, 2, 3, 1).reshape(-1, out)
+        if relu:
+            delta = self.relu_backward(delta, rows)
+        dw = (delta.T @ col).reshape(w.shape)
+        db = delta.sum(axis=0)
+        dx = self.col2im(delta @ w.reshape(out, -1), x_shape, win)
+        return dx, dw, db
+
     # ---------------------------------------------------------------- pooling
     def max_pool_forward(self, x, win: Window):
         """Max over each window (seed 001 eq. 4); padding counts as -inf so it never wins.

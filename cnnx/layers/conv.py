@@ -73,14 +73,10 @@ class Conv2D(Layer):
     def forward(self, x):
         """Z_rows = im2col(X) @ W_mat^T + b; Y = relu(Z) when fused. Returns NCHW."""
         self.check_input(x, rank=4, channels=self.in_channels)
-        n, _, h, w = x.shape
-        ho, wo = self.window.out_hw(h, w, self.name)
-        col = self.backend.im2col(x, self.window)
-        w_mat = self.params["W"].reshape(self.out_channels, -1)
-        rows = self.backend.bias_activation(col @ w_mat.T, self.params["b"],
-                                            self.activation == "relu")
-        self._cache = (col, x.shape, rows)
-        return rows.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
+        self.window.out_hw(x.shape[2], x.shape[3], self.name)
+        y, self._cache = self.backend.conv2d_forward(x, self.params["W"], self.params["b"],
+                                                     self.window, self.activation == "relu")
+        return y
 
     def backward(self, dy):
         """Seed 000 §2.2 / seed 002, in im2col form (seed 004), with δ = dL/dZ:
@@ -91,13 +87,9 @@ class Conv2D(Layer):
             dL/dX        = col2im(δ_rows @ W_mat)  dL/dX_pad[n,c,u,v] = Σ δ[n,o,y,x] W[o,c,u-ys,v-xs]
 
         The last line is seed 002's "conv(padded dZ, 180°-rotated K)" written as a gather.
+        The backend computes these (``Backend.conv2d_backward``).
         """
         self._require_forward(self._cache)
-        col, x_shape, rows = self._cache
-        delta = dy.transpose(0, 2, 3, 1).reshape(-1, self.out_channels)
-        if self.activation == "relu":
-            delta = self.backend.relu_backward(delta, rows)
-        w_mat = self.params["W"].reshape(self.out_channels, -1)
-        self.grads["W"] = (delta.T @ col).reshape(self.params["W"].shape)
-        self.grads["b"] = delta.sum(axis=0)
-        return self.backend.col2im(delta @ w_mat, x_shape, self.window)
+        dx, self.grads["W"], self.grads["b"] = self.backend.conv2d_backward(
+            dy, self._cache, self.params["W"], self.window, self.activation == "relu")
+        return dx
