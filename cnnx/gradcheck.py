@@ -105,7 +105,10 @@ def _model_objective(target, x, y, loss, rng):
     """J and its analytic gradients for a layer or Sequential (see ``gradcheck``)."""
     out = target.forward(x)
     if loss is None:
-        weights = target.backend.asarray(rng.standard_normal(out.shape), dtype=out.dtype)
+        # a stream of its own: drawn from the caller's seed, u could equal x, and for layers
+        # such as batch norm (whose dx is u projected away from x) the gradient would vanish
+        u = make_rng((int(rng.integers(2**31)), 7)).standard_normal(out.shape)
+        weights = target.backend.asarray(u, dtype=out.dtype)
 
         def objective():
             return (target.forward(x) * weights).sum()

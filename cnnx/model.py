@@ -7,7 +7,7 @@ from .layers import ReLU, from_config
 from .layers.base import DTYPES
 
 # Layers between a parametric layer and its activation that do not change which init fits.
-_PASS_THROUGH = ("Flatten", "MaxPool2D", "AvgPool2D", "Dropout")
+_PASS_THROUGH = ("Flatten", "MaxPool2D", "AvgPool2D", "Dropout", "BatchNorm2D", "BatchNorm1D")
 
 
 class Sequential:
@@ -106,23 +106,33 @@ class Sequential:
     def num_parameters(self) -> int:
         return sum(layer.num_parameters() for layer in self.layers)
 
+    def _state_arrays(self):
+        """``[(name, layer, group, key)]`` for every parameter and buffer."""
+        return [(f"{i}.{key}", layer, group, key)
+                for i, layer in enumerate(self.layers)
+                for group in ("params", "buffers") for key in getattr(layer, group)]
+
     def state_dict(self) -> dict:
-        """``{"0.W": NumPy array, ...}``: host copies, loadable without CuPy."""
-        return {name: self.backend.to_numpy(layer.params[key]).copy()
-                for name, layer, key in self.parameters()}
+        """``{"0.W": NumPy array, ..., "1.running_mean": ...}``: host copies of parameters and
+        buffers, loadable without CuPy."""
+        return {name: self.backend.to_numpy(getattr(layer, group)[key]).copy()
+                for name, layer, group, key in self._state_arrays()}
 
     def load_state_dict(self, state: dict) -> None:
-        expected = {name: layer.params[key] for name, layer, key in self.parameters()}
+        entries = self._state_arrays()
+        expected = {name: getattr(layer, group)[key] for name, layer, group, key in entries}
         missing = sorted(set(expected) - set(state))
         extra = sorted(set(state) - set(expected))
         if missing or extra:
             raise ValueError(f"state does not fit this model: missing {missing}, unexpected {extra}")
-        for name, layer, key in self.parameters():
+        for name, layer, group, key in entries:
             value = state[name]
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise ValueError(f"state does not fit this model: {name} has shape "
                                  f"{tuple(value.shape)}, the model needs {tuple(expected[name].shape)}")
-            layer.params[key] = layer.backend.asarray(value, dtype=layer.dtype)
+            arrays = dict(getattr(layer, group))
+            arrays[key] = layer.backend.asarray(value, dtype=expected[name].dtype)
+            setattr(layer, group, arrays)
 
     def spec(self) -> list[dict]:
         """JSON-able description of the layer stack (``from_spec`` rebuilds it)."""

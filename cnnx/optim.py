@@ -33,14 +33,18 @@ class SGD(Optimizer):
         g ← ∂J/∂w + λ w;   v ← μ v + g;   w ← w - η v        (PyTorch's convention)
     """
 
-    def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0):
+    def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False):
         super().__init__(model, lr)
         if not 0 <= momentum < 1:
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        if nesterov and not momentum:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
         self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
+        self.nesterov = bool(nesterov)
 
     def step(self) -> None:
         backend = self.model.backend
@@ -51,9 +55,70 @@ class SGD(Optimizer):
                 velocity = self.state.get(name)
                 if velocity is None:
                     velocity = self.state[name] = backend.xp.zeros_like(param)
-            backend.sgd_update(param, layer.grads[key], velocity, self.lr, self.momentum,
-                               self.weight_decay)
+            if self.nesterov:
+                self._nesterov_update(param, layer.grads[key], velocity)
+            else:
+                backend.sgd_update(param, layer.grads[key], velocity, self.lr, self.momentum,
+                                   self.weight_decay)
+
+    def _nesterov_update(self, param, grad, velocity):
+        """Nesterov momentum (PyTorch's form): v ← μ v + g;  w ← w - η (g + μ v)."""
+        g = grad + self.weight_decay * param if self.weight_decay else grad
+        velocity *= self.momentum
+        velocity += g
+        param -= self.lr * (g + self.momentum * velocity)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "momentum": self.momentum,
-                "weight_decay": self.weight_decay}
+                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015), with L2 or decoupled (AdamW) weight decay:
+
+        g ← ∂J/∂w (+ λ w unless decoupled);   m ← β1 m + (1-β1) g;   v ← β2 v + (1-β2) g²
+        w ← w - η [ m/(1-β1^t) / (sqrt(v/(1-β2^t)) + ε)  (+ λ w if decoupled) ]
+    """
+
+    def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decoupled: bool = False):
+        super().__init__(model, lr)
+        b1, b2 = (float(b) for b in betas)
+        if not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0 or weight_decay < 0:
+            raise ValueError(f"Adam: need 0 <= betas < 1, eps > 0, weight_decay >= 0; got "
+                             f"betas={betas}, eps={eps}, weight_decay={weight_decay}")
+        self.betas, self.eps = (b1, b2), float(eps)
+        self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
+        self.steps = 0
+
+    def step(self) -> None:
+        xp = self.model.backend.xp
+        self.steps += 1
+        b1, b2 = self.betas
+        correction1, correction2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+        for name, layer, key in self.model.parameters():
+            param, grad = layer.params[key], layer.grads[key]
+            if self.weight_decay and not self.decoupled:
+                grad = grad + self.weight_decay * param
+            if name + ".m" not in self.state:
+                self.state[name + ".m"] = xp.zeros_like(param)
+                self.state[name + ".v"] = xp.zeros_like(param)
+            m, v = self.state[name + ".m"], self.state[name + ".v"]
+            m *= b1
+            m += (1 - b1) * grad
+            v *= b2
+            v += (1 - b2) * grad * grad
+            update = (m / correction1) / (xp.sqrt(v / correction2) + self.eps)
+            if self.weight_decay and self.decoupled:
+                update += self.weight_decay * param
+            param -= self.lr * update
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.steps = int(state.get("steps", 0))
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}

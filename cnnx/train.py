@@ -69,15 +69,19 @@ def train_step(model, loss, optimizer, xb, yb):
 
 def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, validation=None,
         seed: int = 0, shuffle: bool = True, drop_last: bool = False, start_epoch: int = 0,
-        start_step: int = 0, on_batch=None, on_epoch=None, augment=None):
+        start_step: int = 0, on_batch=None, on_epoch=None, augment=None, schedule=None,
+        patience: int | None = None):
     """Train ``model`` and return the history: one dict per epoch with ``epoch, train_loss,
     train_accuracy, val_loss, val_accuracy, images_per_second, seconds``.
 
     ``start_epoch``/``start_step`` resume inside a run (the shuffle order is re-derived).
     ``on_batch(info)`` is called after every step with a dict (``epoch, step, steps, images,
-    loss`` — loss as a 0-d device array: convert only when you log it). ``on_epoch(record)``
-    is called after every epoch; returning ``"stop"`` ends training early.
-    ``augment(xb, rng)`` (optional) transforms each training batch.
+    loss, correct`` — loss and correct as 0-d device arrays: convert only when you log them).
+    ``on_epoch(record)`` is called after every epoch; returning ``"stop"`` ends training.
+    ``augment``: an ``cnnx.augment.Augment`` applied to each training batch.
+    ``schedule(progress_in_epochs) -> lr`` sets the optimizer's rate before every step.
+    ``patience``: stop when the validation loss has not improved for that many epochs
+    (early stopping; the caller keeps the best checkpoint, e.g. from ``on_epoch``).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -87,23 +91,48 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     _check_targets(model, loss, x[:1], y)
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
+    stopper = EarlyStopping(patience)
     for epoch in range(start_epoch, epochs):
-        record = _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle,
-                            start_step if epoch == start_epoch else 0, on_batch, augment)
+        plan = augment.plan(x.shape[0], make_rng((seed, epoch, 1)), model.backend) if augment else None
+        record = _run_epoch(model, loss, optimizer, (x, y), slices, (seed, epoch, shuffle),
+                            start_step if epoch == start_epoch else 0, on_batch,
+                            (augment, plan), schedule)
         if validation is not None:
             val = evaluate(model, loss, *validation, batch_size=max(batch_size, 256))
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         else:
             record.update(val_loss=None, val_accuracy=None)
+        record["lr"] = optimizer.lr
         history.append(record)
         if on_epoch is not None and on_epoch(record) == "stop":
+            break
+        if stopper.should_stop(record["val_loss"]):
             break
     return history
 
 
-def _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle, first_step,
-               on_batch, augment):
+class EarlyStopping:
+    """Stop once the validation loss has not improved for ``patience`` epochs (None: never)."""
+
+    def __init__(self, patience: int | None):
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience, self.best, self.waited = patience, float("inf"), 0
+
+    def should_stop(self, val_loss) -> bool:
+        if self.patience is None or val_loss is None:
+            return False
+        if val_loss < self.best:
+            self.best, self.waited = val_loss, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+
+def _run_epoch(model, loss, optimizer, data, slices, when, first_step, on_batch, augmentation,
+               schedule):
     backend = model.backend
+    (x, y), (seed, epoch, shuffle), (augment, plan) = data, when, augmentation
     order = backend.asarray(epoch_order(x.shape[0], seed, epoch, shuffle))
     total_loss = total_correct = 0
     seen = 0
@@ -115,7 +144,9 @@ def _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle, first
             index = order[start:stop]
             xb, yb = x[index], y[index]
             if augment is not None:
-                xb = augment(xb, make_rng((seed, epoch, step)))
+                xb = augment.apply(xb, [p[start:stop] for p in plan], backend)
+            if schedule is not None:
+                optimizer.lr = schedule(epoch + step / len(slices))
             value, logits = train_step(model, loss, optimizer, xb, yb)
             count = stop - start
             total_loss = total_loss + value * count
@@ -124,7 +155,7 @@ def _run_epoch(model, loss, optimizer, x, y, slices, seed, epoch, shuffle, first
             seen += count
             if on_batch is not None:
                 on_batch({"epoch": epoch, "step": step, "steps": len(slices), "images": count,
-                          "loss": value})
+                          "loss": value, "correct": correct})
     backend.synchronize()
     seconds = time.perf_counter() - started
     return {

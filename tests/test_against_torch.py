@@ -97,3 +97,58 @@ def test_losses(name):
     theirs.backward()
     assert abs(float(value) - theirs.item()) <= 1e-10 * abs(theirs.item())
     _close(ours.backward(), tz.grad)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d(training):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
+    bn = layers.BatchNorm2D(3, dtype="float64")
+    bn.params["gamma"] = rng.uniform(0.5, 2, 3)
+    bn.params["beta"] = rng.standard_normal(3)
+    rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    bn.buffers = {"running_mean": rm.copy(), "running_var": rv.copy()}
+    if not training:
+        bn.eval()
+    y = bn.forward(x)
+    dy = rng.standard_normal(y.shape)
+    tx = torch.tensor(x, requires_grad=True)
+    tg = torch.tensor(bn.params["gamma"], requires_grad=True)
+    tb = torch.tensor(bn.params["beta"], requires_grad=True)
+    trm, trv = torch.tensor(rm), torch.tensor(rv)
+    ty = F.batch_norm(tx, trm, trv, tg, tb, training=training, momentum=0.1, eps=1e-5)
+    ty.backward(torch.tensor(dy))
+    _close(y, ty)
+    _close(bn.backward(dy), tx.grad)
+    _close(bn.grads["gamma"], tg.grad)
+    _close(bn.grads["beta"], tb.grad)
+    _close(bn.buffers["running_mean"], trm)
+    _close(bn.buffers["running_var"], trv)
+
+
+@pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "adamw"])
+def test_optimizers(name):
+    from cnnx import Sequential, optim
+    rng = np.random.default_rng(5)
+    model = Sequential([layers.Dense(4, 3, dtype="float64")], seed=0)
+    tw = torch.tensor(model.layers[0].params["W"].copy(), requires_grad=True)
+    tb = torch.tensor(model.layers[0].params["b"].copy(), requires_grad=True)
+    ours, theirs = {
+        "sgd": (lambda: optim.SGD(model, 0.1, momentum=0.9, weight_decay=0.01),
+                lambda: torch.optim.SGD([tw, tb], 0.1, momentum=0.9, weight_decay=0.01)),
+        "nesterov": (lambda: optim.SGD(model, 0.1, momentum=0.9, nesterov=True),
+                     lambda: torch.optim.SGD([tw, tb], 0.1, momentum=0.9, nesterov=True)),
+        "adam": (lambda: optim.Adam(model, 0.01, weight_decay=0.01),
+                 lambda: torch.optim.Adam([tw, tb], 0.01, weight_decay=0.01)),
+        "adamw": (lambda: optim.Adam(model, 0.01, weight_decay=0.01, decoupled=True),
+                  lambda: torch.optim.AdamW([tw, tb], 0.01, weight_decay=0.01)),
+    }[name]
+    ours, theirs = ours(), theirs()
+    for _ in range(4):
+        gw, gb = rng.standard_normal((3, 4)), rng.standard_normal(3)
+        model.layers[0].grads = {"W": gw, "b": gb}
+        ours.step()
+        tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
+        theirs.step()
+    _close(model.layers[0].params["W"], tw)
+    _close(model.layers[0].params["b"], tb)

@@ -79,6 +79,13 @@ class Backend:
         """A 0-d array as a Python float (on a GPU this is the one host copy of a step)."""
         return float(a)
 
+    def uniform(self, shape, dtype, key):
+        """Uniform [0, 1) numbers of ``shape`` drawn from the stream named by ``key`` (a tuple
+        of ints): the same key gives the same numbers, so stochastic layers are replayable."""
+        from . import make_rng
+
+        return self.asarray(make_rng(key).random(shape, dtype=dtype))
+
     def __repr__(self) -> str:
         return f"<cnnx backend {self.name}>"
 

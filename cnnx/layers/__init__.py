@@ -6,11 +6,14 @@ from .activation import Identity, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer
 from .conv import Conv2D
 from .dense import Dense
+from .norm import BatchNorm1D, BatchNorm2D
 from .pool import AvgPool2D, MaxPool2D
+from .regularize import Dropout, GlobalAvgPool2D
 from .reshape import Flatten
 
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Conv2D, MaxPool2D, AvgPool2D, Flatten, Dense, ReLU, Sigmoid, Tanh, Softmax, Identity,
+    BatchNorm2D, BatchNorm1D, Dropout, GlobalAvgPool2D,
 )}
 
 __all__ = ["Layer", "from_config", "LAYER_TYPES", *LAYER_TYPES]

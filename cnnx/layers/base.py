@@ -29,6 +29,8 @@ class Layer:
         self.backend: Backend = get_backend("cpu")
         self.params: dict = {}
         self.grads: dict = {}
+        #: state that is saved and moved with the layer but not trained (e.g. running means)
+        self.buffers: dict = {}
         self.training = True
 
     # ---------------------------------------------------------------- properties
@@ -74,7 +76,9 @@ class Layer:
         """Move parameters (and the layer's computations) to ``device``; returns self."""
         backend = get_backend(device)
         if backend is not self.backend:
-            self.params = {k: backend.asarray(self.backend.to_numpy(v)) for k, v in self.params.items()}
+            def move(arrays):
+                return {k: backend.asarray(self.backend.to_numpy(v)) for k, v in arrays.items()}
+            self.params, self.buffers = move(self.params), move(self.buffers)
             self.grads = {k: backend.xp.zeros_like(v) for k, v in self.params.items()}
             self.backend = backend
         return self

@@ -1,0 +1,58 @@
+"""Learning-rate schedules: functions of training progress measured in epochs (a float, so a
+schedule can change the rate inside an epoch). Each returns the learning rate to use."""
+
+from __future__ import annotations
+
+import math
+
+
+class Schedule:
+    def __init__(self, lr: float, warmup_epochs: float = 0.0):
+        if lr <= 0 or warmup_epochs < 0:
+            raise ValueError(f"{type(self).__name__}: need lr > 0 and warmup >= 0, "
+                             f"got lr={lr}, warmup={warmup_epochs}")
+        self.lr, self.warmup = float(lr), float(warmup_epochs)
+
+    def __call__(self, progress: float) -> float:
+        """Learning rate at ``progress`` epochs: a linear warm-up, then ``decay``."""
+        if progress < self.warmup:
+            return self.lr * (progress + 1e-3) / self.warmup
+        return self.lr * self.decay(progress)
+
+    def decay(self, progress: float) -> float:
+        return 1.0
+
+
+class Constant(Schedule):
+    """The same rate throughout (after an optional warm-up)."""
+
+
+class StepDecay(Schedule):
+    """Multiply the rate by ``gamma`` every ``step_epochs`` epochs."""
+
+    def __init__(self, lr, step_epochs: float, gamma: float = 0.1, warmup_epochs: float = 0.0):
+        super().__init__(lr, warmup_epochs)
+        if step_epochs <= 0 or not 0 < gamma <= 1:
+            raise ValueError(f"StepDecay: need step_epochs > 0 and 0 < gamma <= 1")
+        self.step_epochs, self.gamma = float(step_epochs), float(gamma)
+
+    def decay(self, progress):
+        return self.gamma ** math.floor(progress / self.step_epochs)
+
+
+class Cosine(Schedule):
+    """Half a cosine from the rate down to ``final_fraction`` of it at ``total_epochs``."""
+
+    def __init__(self, lr, total_epochs: float, warmup_epochs: float = 0.0,
+                 final_fraction: float = 0.0):
+        super().__init__(lr, warmup_epochs)
+        if total_epochs <= warmup_epochs:
+            raise ValueError("Cosine: total_epochs must exceed warmup_epochs")
+        self.total, self.final = float(total_epochs), float(final_fraction)
+
+    def decay(self, progress):
+        t = min(1.0, (progress - self.warmup) / (self.total - self.warmup))
+        return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "cosine": Cosine}

@@ -1,0 +1,157 @@
+"""Batch norm, dropout, global average pooling, Adam/Nesterov, schedules, augmentation and
+early stopping (issue 6's building blocks), on every available backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from cnnx import Sequential, fit, gradcheck, layers, losses, optim
+from cnnx.augment import Augment
+from cnnx.backends import make_rng
+from cnnx.schedules import Cosine, StepDecay
+from cnnx.train import EarlyStopping
+
+
+@pytest.mark.parametrize("training", [True, False])
+@given(n=st.integers(2, 4), c=st.integers(1, 3), h=st.integers(1, 4), w=st.integers(1, 4))
+def test_batchnorm2d_gradcheck(backend, training, n, c, h, w):
+    # with m <= 2 values per channel the training-mode dx is ~0 (dy projected away from 1 and
+    # x̂ spans everything), leaving only ε-level noise to compare
+    assume(not training or n * h * w >= 4)
+    layer = layers.BatchNorm2D(c, dtype="float64").to(backend)
+    rng = np.random.default_rng(0)
+    layer.params["gamma"] = backend.asarray(rng.uniform(0.5, 2, c))
+    layer.buffers = {"running_mean": backend.asarray(rng.standard_normal(c)),
+                     "running_var": backend.asarray(rng.uniform(0.5, 2, c))}
+    if not training:
+        layer.eval()
+    errors = gradcheck(layer, backend.asarray(rng.standard_normal((n, c, h, w)) * 2 + 1))
+    assert max(errors.values()) <= 1e-7, errors
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm1d_and_global_avg_pool_gradcheck(backend, training):
+    rng = np.random.default_rng(1)
+    bn = layers.BatchNorm1D(5, dtype="float64").to(backend)
+    if not training:
+        bn.eval()
+    assert max(gradcheck(bn, backend.asarray(rng.standard_normal((7, 5)))).values()) <= 1e-7
+    gap = layers.GlobalAvgPool2D(dtype="float64").to(backend)
+    assert max(gradcheck(gap, backend.asarray(rng.standard_normal((2, 3, 4, 5)))).values()) <= 1e-7
+
+
+def test_batchnorm_running_statistics_and_eval_mode(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 3, 4, 4)) * 3 + 5
+    bn = layers.BatchNorm2D(3, momentum=0.5, dtype="float64").to(backend)
+    y = backend.to_numpy(bn.forward(backend.asarray(x)))
+    np.testing.assert_allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(axis=(0, 2, 3)), 1, rtol=1e-5)
+    running_mean = backend.to_numpy(bn.buffers["running_mean"])
+    np.testing.assert_allclose(running_mean, 0.5 * x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    m = x[:, 0].size
+    np.testing.assert_allclose(backend.to_numpy(bn.buffers["running_var"]),
+                               0.5 + 0.5 * x.var(axis=(0, 2, 3)) * m / (m - 1), rtol=1e-12)
+    bn.eval()
+    y_eval = backend.to_numpy(bn.forward(backend.asarray(x[:1])))
+    expected = (x[:1] - running_mean[None, :, None, None]) / np.sqrt(
+        backend.to_numpy(bn.buffers["running_var"])[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y_eval, expected, rtol=1e-12)
+
+
+def test_dropout_is_replayable_scaled_and_off_in_eval(backend):
+    x = backend.asarray(np.ones((200, 50)), "float32")
+    a, b = layers.Dropout(0.3, seed=4).to(backend), layers.Dropout(0.3, seed=4).to(backend)
+    ya, yb = backend.to_numpy(a.forward(x)), backend.to_numpy(b.forward(x))
+    assert ya.tobytes() == yb.tobytes()  # same seed, same call count: same mask
+    assert set(np.unique(ya)) <= {0.0, np.float32(1 / 0.7)}
+    assert abs((ya == 0).mean() - 0.3) < 0.02
+    assert backend.to_numpy(a.forward(x)).tobytes() != ya.tobytes()  # next call: new mask
+    dx = backend.to_numpy(a.backward(backend.asarray(np.ones((200, 50)), "float32")))
+    np.testing.assert_array_equal(dx != 0, backend.to_numpy(a.forward(x)) * 0 + (dx != 0))
+    a.eval()
+    np.testing.assert_array_equal(backend.to_numpy(a.forward(x)), 1)
+    assert a.buffers["calls"] == 3
+
+
+def _quadratic_model(backend):
+    # one Dense layer, so the optimizers can be compared with the formulas step by step
+    model = Sequential([layers.Dense(3, 2, dtype="float64")], seed=0).to(backend)
+    return model
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_matches_its_formula(backend, decoupled):
+    model = _quadratic_model(backend)
+    opt = optim.Adam(model, lr=0.01, weight_decay=0.1, decoupled=decoupled)
+    w = backend.to_numpy(model.layers[0].params["W"]).copy()
+    m = v = np.zeros_like(w)
+    rng = np.random.default_rng(5)
+    for t in range(1, 4):
+        g = rng.standard_normal(w.shape)
+        model.layers[0].grads = {"W": backend.asarray(g), "b": backend.asarray(np.zeros(2))}
+        opt.step()
+        g_eff = g if decoupled else g + 0.1 * w
+        m = 0.9 * m + 0.1 * g_eff
+        v = 0.999 * v + 0.001 * g_eff ** 2
+        update = (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        w = w - 0.01 * (update + (0.1 * w if decoupled else 0))
+        np.testing.assert_allclose(backend.to_numpy(model.layers[0].params["W"]), w, rtol=1e-12)
+
+
+def test_nesterov_matches_its_formula(backend):
+    model = _quadratic_model(backend)
+    opt = optim.SGD(model, lr=0.1, momentum=0.9, nesterov=True)
+    w = backend.to_numpy(model.layers[0].params["W"]).copy()
+    v = np.zeros_like(w)
+    for g in np.random.default_rng(6).standard_normal((3, *w.shape)):
+        model.layers[0].grads = {"W": backend.asarray(g), "b": backend.asarray(np.zeros(2))}
+        opt.step()
+        v = 0.9 * v + g
+        w = w - 0.1 * (g + 0.9 * v)
+        np.testing.assert_allclose(backend.to_numpy(model.layers[0].params["W"]), w, rtol=1e-12)
+
+
+def test_schedules():
+    step = StepDecay(0.1, step_epochs=2, gamma=0.5)
+    assert [step(e) for e in (0, 1.9, 2, 4.5)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    cos = Cosine(1.0, total_epochs=11, warmup_epochs=1)
+    assert cos(0.5) == pytest.approx(0.5, rel=0.01)  # half-way through the warm-up
+    assert cos(1) == pytest.approx(1.0) and cos(6) == pytest.approx(0.5) and cos(11) == pytest.approx(0)
+
+
+def test_augment_flip_and_shift_are_exact_and_replayable(backend):
+    x = np.arange(2 * 1 * 4 * 5, dtype=np.float32).reshape(2, 1, 4, 5)
+    aug = Augment(flip=0.5, shift=1)
+    plan = aug.plan(2, make_rng((3, 0, 1)), backend)
+    out = backend.to_numpy(aug.apply(backend.asarray(x), plan, backend))
+    flips, dy, dx = (backend.to_numpy(p) for p in plan)
+    for i in range(2):
+        img = x[i, 0, :, ::-1] if flips[i] else x[i, 0]
+        padded = np.pad(img, 1)
+        np.testing.assert_array_equal(out[i, 0], padded[dy[i]:dy[i] + 4, dx[i]:dx[i] + 5])
+    again = aug.plan(2, make_rng((3, 0, 1)), backend)
+    assert all((backend.to_numpy(a) == backend.to_numpy(b)).all() for a, b in zip(plan, again))
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stopper = EarlyStopping(2)
+    assert [stopper.should_stop(v) for v in (1.0, 0.9, 0.95, 0.91, 0.8)] == [False, False, False, True, False]
+
+
+def test_fit_with_bn_dropout_augment_schedule_and_patience(backend):
+    rng = np.random.default_rng(7)
+    x = rng.random((64, 1, 8, 8), dtype=np.float32)
+    y = (x[:, 0, :4].mean(axis=(1, 2)) > x[:, 0, 4:].mean(axis=(1, 2))).astype(np.int64)
+    model = Sequential([layers.Conv2D(1, 4, 3, padding=1), layers.BatchNorm2D(4), layers.ReLU(),
+                        layers.GlobalAvgPool2D(), layers.Dropout(0.2), layers.Dense(4, 2)],
+                       input_shape=(1, 8, 8), seed=0).to(backend)
+    history = fit(model, losses.SoftmaxCrossEntropy(), optim.Adam(model, lr=0.01), x, y, epochs=4,
+                  batch_size=16, validation=(x[:16], y[:16]), augment=Augment(flip=0.5, shift=1),
+                  schedule=Cosine(0.01, total_epochs=4), patience=10)
+    assert len(history) == 4 and history[-1]["lr"] < 0.01
+    assert all(np.isfinite(h["train_loss"]) for h in history)
+    assert model.layers[1].training  # fit leaves the model in training mode after evaluating
