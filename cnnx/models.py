@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 
-from .layers import AvgPool2D, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Sigmoid
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     MaxPool2D, ReLU)
 from .model import Sequential, from_spec
 
 
@@ -58,7 +59,54 @@ def seed002_net(dtype="float32", in_shape=(1, 8, 8), outputs=1):
     ], in_shape
 
 
-PRESETS = {"reference": reference, "lenet5": lenet5, "seed-cnn": seed_cnn}
+def _conv_bn_relu(cin, cout, dtype):
+    return [Conv2D(cin, cout, 3, padding=1, dtype=dtype), BatchNorm2D(cout, dtype=dtype),
+            ReLU(dtype=dtype)]
+
+
+def fmnist_small(dtype="float32"):
+    """Fewer than 100K parameters for Fashion-MNIST: three conv–BN–ReLU–maxpool blocks
+    (32, 64, 64 channels), then dense 576→64→10."""
+    return [
+        *_conv_bn_relu(1, 32, dtype), MaxPool2D(2, dtype=dtype),
+        *_conv_bn_relu(32, 64, dtype), MaxPool2D(2, dtype=dtype),
+        *_conv_bn_relu(64, 64, dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype), Dense(64 * 3 * 3, 64, activation="relu", dtype=dtype),
+        Dense(64, 10, dtype=dtype),
+    ], (1, 28, 28)
+
+
+def fmnist_bn(dtype="float32"):
+    """Two conv blocks with batch norm (conv–BN–ReLU ×2, maxpool; 32 then 64 channels), then
+    dense 3136→128 with batch norm and dropout."""
+    return [
+        *_conv_bn_relu(1, 32, dtype), *_conv_bn_relu(32, 32, dtype), MaxPool2D(2, dtype=dtype),
+        *_conv_bn_relu(32, 64, dtype), *_conv_bn_relu(64, 64, dtype), MaxPool2D(2, dtype=dtype),
+        Flatten(dtype=dtype), Dropout(0.25, dtype=dtype), Dense(64 * 7 * 7, 128, dtype=dtype),
+        BatchNorm1D(128, dtype=dtype), ReLU(dtype=dtype), Dropout(0.25, dtype=dtype),
+        Dense(128, 10, dtype=dtype),
+    ], (1, 28, 28)
+
+
+PRESETS = {"reference": reference, "lenet5": lenet5, "seed-cnn": seed_cnn,
+           "fmnist-small": fmnist_small, "fmnist-bn": fmnist_bn}
+
+#: Training recipes: what `cnnx train --model NAME` uses for every option not given.
+#: Keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule ("constant",
+#: "step", "cosine"), warmup (epochs), flip, shift (augmentation), patience (early stopping).
+RECIPES = {
+    "fmnist-small": {"epochs": 15, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
+                     "weight_decay": 1e-4, "schedule": "cosine", "warmup": 1.0,
+                     "flip": 0.5, "shift": 2, "patience": 5},
+    "fmnist-bn": {"epochs": 15, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
+                  "weight_decay": 1e-4, "schedule": "cosine", "warmup": 1.0,
+                  "flip": 0.5, "shift": 2, "patience": 5},
+}
+
+
+def recipe(name: str) -> dict:
+    """The preset's training recipe (an empty dict for models without one)."""
+    return dict(RECIPES.get(name, {}))
 
 
 def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None) -> Sequential:

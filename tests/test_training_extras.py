@@ -155,3 +155,14 @@ def test_fit_with_bn_dropout_augment_schedule_and_patience(backend):
     assert len(history) == 4 and history[-1]["lr"] < 0.01
     assert all(np.isfinite(h["train_loss"]) for h in history)
     assert model.layers[1].training  # fit leaves the model in training mode after evaluating
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_uniform_stream_is_replayable_and_uniform(backend, dtype):
+    a = backend.to_numpy(backend.uniform((1000, 100), dtype, (1, 2)))
+    b = backend.to_numpy(backend.uniform((1000, 100), dtype, (1, 2)))
+    c = backend.to_numpy(backend.uniform((1000, 100), dtype, (1, 3)))
+    assert a.dtype == dtype and a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    assert 0 <= a.min() and a.max() < 1
+    counts = np.histogram(a, bins=10, range=(0, 1))[0]
+    assert np.all(np.abs(counts - 10_000) < 500)  # ~5 standard deviations
