@@ -1,0 +1,5 @@
+"""``python -m cnnx``: the same as the ``cnnx`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Datasets: ``load_dataset(name_or_path)`` returns train and test images as float32 NCHW in
+[0, 1] and int64 labels, from MNIST/Fashion-MNIST (IDX), CIFAR-10 (python batches), an ``.npz``
+file or the built-in ``synthetic`` set. Standardization is left to the caller
+(``channel_stats`` / ``standardize``); ``val_split`` holds a seeded validation set out of train.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import formats, sources
+from .sources import KNOWN, DatasetNotFound, locate, search_dirs
+from .synthetic import make_synthetic
+
+__all__ = [
+    "Dataset", "DatasetNotFound", "KNOWN", "NAMES", "load_dataset", "val_split", "channel_stats",
+    "standardize", "locate", "search_dirs", "class_names_for",
+]
+
+NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list
+    source: str  # where it was read from
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        top = int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
+        return max(len(self.class_names or ()), top)
+
+
+def load_dataset(name: str, data_dir=None, download: bool = True, log=None) -> Dataset:
+    """Load a known dataset by name, or an ``.npz`` file by path.
+
+    ``log`` (a callable taking one string) hears about downloads. Raises DatasetNotFound or
+    ValueError with a one-line message for missing, corrupt or malformed data.
+    """
+    if name == "synthetic":
+        return _from_dict("synthetic", make_synthetic(), "generated (seed 0)")
+    if name in KNOWN:
+        return _load_known(name, data_dir, download, log)
+    path = Path(name).expanduser()
+    if path.suffix == ".npz" or path.is_file():
+        if not path.is_file():
+            raise ValueError(f"dataset file {path} does not exist")
+        return _from_dict(path.stem, formats.read_npz(path), str(path))
+    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or a path to an .npz")
+
+
+def class_names_for(name: str) -> list | None:
+    """Class names of a known dataset, None for others."""
+    if name == "synthetic":
+        return make_synthetic(1, 1)["class_names"]
+    return list(KNOWN[name].class_names) if name in KNOWN else None
+
+
+def _from_dict(name, d, source) -> Dataset:
+    names = d.get("class_names") or class_names_for(name) or []
+    return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(names), source)
+
+
+def _load_known(name, data_dir, download, log) -> Dataset:
+    known = KNOWN[name]
+    found = locate(name, data_dir)
+    if found is None:
+        if not download:
+            raise sources.not_found(known, "downloading was not allowed")
+        sources.download(name, log)
+        found = locate(name, data_dir)
+    directory, files = found
+    if known.format == "cifar":
+        arrays = _read_cifar(files)
+    else:
+        x_train, y_train = formats.read_idx_pair(
+            files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"])
+        x_test, y_test = formats.read_idx_pair(
+            files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"])
+        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    arrays["class_names"] = list(known.class_names)
+    return _from_dict(name, arrays, str(directory))
+
+
+def _read_cifar(files: dict) -> dict:
+    if "archive" in files:
+        members = formats.read_cifar_tar(files["archive"])
+        where = lambda m: f"{files['archive']}:{m}"  # noqa: E731
+    else:
+        members = {m: (files["dir"] / m).read_bytes() for m in sources.CIFAR_MEMBERS}
+        where = lambda m: files["dir"] / m  # noqa: E731
+    missing = [m for m in sources.CIFAR_MEMBERS if m not in members]
+    if missing:
+        raise ValueError(f"{files.get('archive')}: archive lacks {', '.join(missing)}")
+    train = [formats.parse_cifar_batch(members[m], where(m)) for m in sources.CIFAR_MEMBERS[:-1]]
+    x_test, y_test = formats.parse_cifar_batch(members["test_batch"], where("test_batch"))
+    return {"x_train": np.concatenate([x for x, _ in train]),
+            "y_train": np.concatenate([y for _, y in train]), "x_test": x_test, "y_test": y_test}
+
+
+def val_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
+    """Hold out ``fraction`` of (x, y) at random (seeded): ``(x_train, y_train, x_val, y_val)``.
+
+    ``fraction`` 0 gives an empty validation set; at least one example stays in training.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    n_val = int(round(len(x) * fraction))
+    if n_val >= len(x):
+        raise ValueError(f"validation fraction {fraction} leaves no training examples")
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    return x[train], y[train], x[val], y[val]
+
+
+def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of NCHW images (float32, shape (C,))."""
+    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+
+
+def standardize(x: np.ndarray, mean, std) -> np.ndarray:
+    """``(x - mean) / std`` per channel, float32."""
+    mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return ((x - mean) / std).astype(np.float32)

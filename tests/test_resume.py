@@ -1,0 +1,101 @@
+"""``cnnx train --resume`` reproduces an uninterrupted run bit for bit on the CPU: after
+finished epochs, after Ctrl-C, and after SIGKILL mid-epoch (with and without mid-epoch
+checkpoints), including batch-norm buffers, dropout masks, Adam, schedules and augmentation."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+import cnnx.train
+from cnnx import checkpoint
+from cli_helpers import final_state, invoke, isolate, run_cnnx, train_args, write_tiny_npz
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    isolate(monkeypatch, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 3)).exit_code == 0
+    return final_state(out)
+
+
+def test_resume_after_finished_epochs_is_bitwise(tiny, tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    result = invoke("train", "--resume", out, "--epochs", 3, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert final_state(out) == uninterrupted
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_after_interrupt_mid_epoch_is_bitwise(tiny, tmp_path, uninterrupted, monkeypatch):
+    out = tmp_path / "run"
+    real_step, calls = cnnx.train.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 15 + 11:  # epoch 2 of 3 (15 steps each): 10 steps done, saved at 4, 8
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(cnnx.train, "train_step", interrupted_step)
+    result = invoke(*train_args(tiny, out, "--epochs", 3, "--checkpoint-every", 4))
+    assert result.exit_code == 130 and f"--resume {out}" in result.output
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert (ck.epoch, ck.step) == (1, 8)
+    monkeypatch.setattr(cnnx.train, "train_step", real_step)
+    assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
+    assert final_state(out) == uninterrupted
+
+
+@pytest.mark.parametrize("every, kill_at, position", [(4, 22, (1, 4)), (0, 22, (1, 0))])
+def test_resume_after_sigkill_mid_epoch_is_bitwise(tiny, tmp_path, uninterrupted, every,
+                                                   kill_at, position):
+    out = tmp_path / "run"
+    args = train_args(tiny, out, "--epochs", 3, "--checkpoint-every", every)
+    killed = run_cnnx(*args, kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert (ck.epoch, ck.step) == position
+    resumed = run_cnnx("train", "--resume", out, "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_state(out) == uninterrupted
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+RANDOM_LAYERS = [  # batch-norm buffers and dropout masks must survive a resume too
+    {"type": "Conv2D", "in_channels": 1, "out_channels": 6, "kernel_size": 3, "padding": 1},
+    {"type": "BatchNorm2D", "num_features": 6}, {"type": "ReLU"},
+    {"type": "MaxPool2D", "kernel_size": 2}, {"type": "Flatten"}, {"type": "Dropout", "p": 0.3},
+    {"type": "Dense", "in_features": 6 * 14 * 14, "out_features": 10},
+]
+
+
+def test_sigkill_resume_with_batchnorm_dropout_adam_schedule_and_augmentation(tiny, tmp_path):
+    model = tmp_path / "model.json"
+    model.write_text(json.dumps({"input_shape": [1, 28, 28], "layers": RANDOM_LAYERS}))
+    args = ["--device", "cpu", "--dataset", tiny, "--model", model, "--epochs", 3, "--seed", 3,
+            "--optimizer", "adam", "--lr", 0.003, "--schedule", "cosine", "--warmup", 0.5,
+            "--flip", 0.5, "--shift", 2, "--patience", 5, "--val-split", 0.2]
+    full = invoke("train", *args, "--out", tmp_path / "full")
+    assert full.exit_code == 0, full.output
+    killed = run_cnnx("train", *args, "--checkpoint-every", 4, "--out", tmp_path / "run",
+                      kill_at=15 + 7)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert checkpoint.load(tmp_path / "run").step == 4
+    resumed = run_cnnx("train", "--resume", tmp_path / "run", "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_state(tmp_path / "run") == final_state(tmp_path / "full")
+    assert checkpoint.load(tmp_path / "run").optimizer_state["steps"] == 45
