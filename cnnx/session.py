@@ -14,7 +14,7 @@ from . import checkpoint, report
 from .augment import Augment
 from .losses import SoftmaxCrossEntropy
 from .schedules import SCHEDULES
-from .train import batch_slices, epoch_order, evaluate, fit
+from .train import batch_slices, epoch_order, evaluate, fit, stop_early
 
 RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
 TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
@@ -127,11 +127,7 @@ class Session:
     def should_stop(self) -> bool:
         """Early stopping, decided from the whole history (so a resumed run decides alike):
         the last ``patience`` epochs did not improve on the best validation loss before them."""
-        p = self.cfg.patience
-        losses = [r.get("val_loss") for r in self.history]
-        if p is None or len(losses) <= p or None in losses:
-            return False
-        return min(losses[-p:]) >= min(losses[:-p])
+        return stop_early([r.get("val_loss") for r in self.history], self.cfg.patience)
 
     def _is_best(self, record: dict) -> bool:
         if self.best is None:

@@ -91,7 +91,6 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     _check_targets(model, loss, x[:1], y)
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
-    stopper = EarlyStopping(patience)
     for epoch in range(start_epoch, epochs):
         plan = augment.plan(x.shape[0], make_rng((seed, epoch, 1)), model.backend) if augment else None
         record = _run_epoch(model, loss, optimizer, (x, y), slices, (seed, epoch, shuffle),
@@ -106,27 +105,22 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         history.append(record)
         if on_epoch is not None and on_epoch(record) == "stop":
             break
-        if stopper.should_stop(record["val_loss"]):
+        if stop_early([r["val_loss"] for r in history], patience):
             break
     return history
 
 
-class EarlyStopping:
-    """Stop once the validation loss has not improved for ``patience`` epochs (None: never)."""
-
-    def __init__(self, patience: int | None):
-        if patience is not None and patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.patience, self.best, self.waited = patience, float("inf"), 0
-
-    def should_stop(self, val_loss) -> bool:
-        if self.patience is None or val_loss is None:
-            return False
-        if val_loss < self.best:
-            self.best, self.waited = val_loss, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
+def stop_early(val_losses, patience: int | None) -> bool:
+    """Early stopping, decided from the validation losses of all epochs so far (so a resumed run
+    decides exactly as an uninterrupted one): True when the last ``patience`` epochs did not
+    improve on the best loss before them. None disables it."""
+    if patience is None:
+        return False
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    if len(val_losses) <= patience or None in val_losses:
+        return False
+    return min(val_losses[-patience:]) >= min(val_losses[:-patience])
 
 
 def _run_epoch(model, loss, optimizer, data, slices, when, first_step, on_batch, augmentation,

@@ -12,7 +12,7 @@ from cnnx import Sequential, fit, gradcheck, layers, losses, optim
 from cnnx.augment import Augment
 from cnnx.backends import make_rng
 from cnnx.schedules import Cosine, StepDecay
-from cnnx.train import EarlyStopping
+from cnnx.train import stop_early
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -138,8 +138,9 @@ def test_augment_flip_and_shift_are_exact_and_replayable(backend):
 
 
 def test_early_stopping_counts_epochs_without_improvement():
-    stopper = EarlyStopping(2)
-    assert [stopper.should_stop(v) for v in (1.0, 0.9, 0.95, 0.91, 0.8)] == [False, False, False, True, False]
+    losses = [1.0, 0.9, 0.95, 0.91, 0.8]
+    assert [stop_early(losses[:k], 2) for k in range(1, 6)] == [False, False, False, True, False]
+    assert not stop_early(losses[:4], None)
 
 
 def test_fit_with_bn_dropout_augment_schedule_and_patience(backend):

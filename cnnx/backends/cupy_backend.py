@@ -324,31 +324,3 @@ class CupyBackend(Backend):
             scalars = (real(lr), real(momentum), real(weight_decay), _i64(param.size))
             args = (param, grad, velocity, *scalars)
             self._launch("sgd_momentum", dtype, param.size, args)
-
-    def uniform(self, shape, dtype, key):
-        """Uniform [0, 1) numbers made on the GPU (no host copy per call): element i is a
-        SplitMix64 hash of (stream, i), the stream derived from ``key``. Replayable by key;
-        the numbers differ from the CPU backend's (each device has its own stream)."""
-        stream = numpy.random.SeedSequence(list(key)).generate_state(1, numpy.uint64)[0]
-        out = self._empty(shape, numpy.dtype(dtype))
-        _uniform_kernel(self.xp)(numpy.uint64(stream), out)
-        return out
-
-
-@functools.lru_cache(maxsize=None)
-def _uniform_kernel(cupy):
-    # SplitMix64 (Steele, Lea & Flood 2014) finalizer over (stream + i * golden gamma); the top
-    # 53 bits become a double in [0, 1), then cast to the output type (< 1 after rounding is not
-    # guaranteed for float32, so clamp to the largest float below 1).
-    return cupy.ElementwiseKernel(
-        "uint64 stream", "T out",
-        """
-        unsigned long long z = stream + (unsigned long long)(i + 1) * 0x9E3779B97F4A7C15ULL;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-        z = z ^ (z >> 31);
-        double u = (double)(z >> 11) * (1.0 / 9007199254740992.0);
-        T v = (T)u;
-        out = v < (T)1 ? v : (T)0.99999994f;
-        """,
-        "cnnx_uniform")
