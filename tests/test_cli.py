@@ -14,18 +14,9 @@ import pytest
 import cnnx
 from cnnx import checkpoint, data, report
 from cnnx.data.synthetic import make_synthetic
-from cli_helpers import invoke, isolate, run_cnnx, train_args, write_tiny_npz
+from cli_helpers import invoke, run_cnnx, train_args
+from cli_fixtures import isolated, tiny  # noqa: F401 (pytest fixtures)
 from datafiles import IDX_NAMES, write_mnist_dir
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,8 @@ import pytest
 
 import cnnx.train
 from cnnx import checkpoint
-from cli_helpers import final_state, invoke, isolate, run_cnnx, train_args, write_tiny_npz
-
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    isolate(monkeypatch, tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return write_tiny_npz(tmp_path_factory.mktemp("data") / "tiny.npz")
+from cli_helpers import final_state, invoke, run_cnnx, train_args
+from cli_fixtures import isolated, tiny  # noqa: F401 (pytest fixtures)
 
 
 @pytest.fixture(scope="module")
