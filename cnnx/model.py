@@ -75,11 +75,18 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy):
-        """Back-propagate dL/d(output) through every layer (seed 001 eqs. 18-21); fills grads."""
-        for layer in reversed(self.layers):
+    def backward(self, dy, input_grad: bool = True):
+        """Back-propagate dL/d(output) through every layer (seed 001 eqs. 18-21); fills grads.
+
+        Returns dL/d(input); with ``input_grad=False`` returns None and lets the first layer
+        skip computing it (training never needs the gradient of the images).
+        """
+        for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        if not input_grad:
+            self.layers[0].backward_params(dy)
+            return None
+        return self.layers[0].backward(dy)
 
     def train(self) -> "Sequential":
         for layer in self.layers:

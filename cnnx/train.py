@@ -62,7 +62,7 @@ def train_step(model, loss, optimizer, xb, yb):
     """One SGD step: forward, loss, backward, update. Returns (loss 0-d array, logits)."""
     logits = model.forward(xb)
     value = loss.forward(logits, yb)
-    model.backward(loss.backward())
+    model.backward(loss.backward(), input_grad=False)
     optimizer.step()
     return value, logits
 

@@ -127,6 +127,11 @@ class Backend:
             padded[:, :, rows, cols] += col6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
         return self._crop(padded, h, w, win)
 
+    def matmul(self, a, b):
+        """The matrix product ``a @ b`` of the dense layers. A backend may run it its own way
+        (the CPU one splits it over its own threads instead of BLAS's)."""
+        return a @ b
+
     def bias_activation(self, z, b, relu: bool):
         """``z + b`` (bias along the last axis of ``z``), then ReLU when ``relu`` is True."""
         y = z + b
@@ -163,6 +168,11 @@ class Backend:
         db = delta.sum(axis=0)
         dx = self.col2im(delta @ w.reshape(out, -1), x_shape, win)
         return dx, dw, db
+
+    def conv2d_backward_params(self, dy, saved, w, win: Window, relu: bool):
+        """(dL/dW, dL/db) alone, for a first layer. The default computes and drops dL/dX;
+        a backend may skip it."""
+        return self.conv2d_backward(dy, saved, w, win, relu)[1:]
 
     # ---------------------------------------------------------------- pooling
     def max_pool_forward(self, x, win: Window):

@@ -1,10 +1,23 @@
-"""The CPU backend: NumPy for ``xp``; every hot path is the default written in ``base.py``."""
+"""The CPU backend: NumPy for ``xp``, with faster NumPy formulations of the hot paths.
+
+Every override computes the same function as the default in ``base.py`` (tests compare them:
+tests/test_backend_ops.py, tests/test_cpu_fast_paths.py); only the arrangement in memory
+differs. Convolution works in a batch-last layout (cpu_conv.py) and hands out NCHW views of
+it; max-pooling keeps whatever layout it receives (cpu_pool.py). BENCHMARKS.md ("CPU") logs
+what each change was predicted to gain and what it gained.
+"""
 
 from __future__ import annotations
 
 import numpy
 
-from .base import Backend
+from . import cpu_conv, cpu_pool
+from .base import Backend, Window
+from .cpu_threads import parallel
+
+
+#: parameters with at least this many numbers get the threaded, subnormal-free SGD update
+LARGE_PARAMETER = 4096
 
 
 class NumpyBackend(Backend):
@@ -13,3 +26,74 @@ class NumpyBackend(Backend):
 
     def to_numpy(self, a):
         return numpy.asarray(a)
+
+    def matmul(self, a, b):
+        """``a @ b`` cut into bands of the result's rows over the CPU threads.
+
+        With a few rows (a small batch) and more columns it computes ``(b^T @ a^T)^T``
+        instead: OpenBLAS is up to 1.5x faster with the long side first (BENCHMARKS.md). The
+        result is then a transposed view; weight gradients (128 rows or more) stay contiguous.
+        """
+        if a.shape[0] <= 64 and a.shape[0] < b.shape[1]:
+            return self.matmul(b.T, a.T).T
+        m, k, n = a.shape[0], a.shape[1], b.shape[1]
+        out = numpy.empty((m, n), dtype=numpy.result_type(a, b))
+
+        def band(s, e):
+            numpy.matmul(a[s:e], b, out=out[s:e])
+        parallel(band, m, m * k * n // 16)  # (multiply-adds weigh 1/16: cpu_threads.parallel)
+        return out
+
+    def conv2d_forward(self, x, w, b, win: Window, relu: bool):
+        return cpu_conv.conv2d_forward(x, w, b, win, relu)
+
+    def conv2d_backward(self, dy, saved, w, win: Window, relu: bool):
+        return cpu_conv.conv2d_backward(dy, saved, w, win, relu)
+
+    def conv2d_backward_params(self, dy, saved, w, win: Window, relu: bool):
+        return cpu_conv.conv2d_backward(dy, saved, w, win, relu, input_grad=False)[1:]
+
+    def sgd_update(self, param, grad, velocity, lr: float, momentum: float, weight_decay: float):
+        """The default rule. A large parameter is updated on the CPU threads, and its subnormal
+        velocities are set to 0 (``flush_subnormals``); a small one (a bias, a 3x3 kernel) takes
+        the default's few calls, where a handful of subnormals costs nothing."""
+        arrays = [a for a in (param, velocity) if a is not None]
+        if param.size < LARGE_PARAMETER or not all(a.flags.c_contiguous for a in arrays):
+            super().sgd_update(param, grad, velocity, lr, momentum, weight_decay)
+            return
+        p = param.reshape(-1)
+        g = numpy.ascontiguousarray(grad).reshape(-1)  # one copy beats strided passes over it
+        v = None if velocity is None else velocity.reshape(-1)
+
+        def piece(s, e):
+            step = g[s:e] + weight_decay * p[s:e] if weight_decay else g[s:e]
+            if v is not None:
+                v[s:e] *= momentum
+                v[s:e] += step
+                flush_subnormals(v[s:e])
+                step = v[s:e]
+            p[s:e] -= numpy.multiply(step, lr)
+        parallel(piece, p.size, 8 * p.size)  # about eight passes over the parameter
+
+    def max_pool_forward(self, x, win: Window):
+        return cpu_pool.max_pool_forward(x, win)
+
+    def max_pool_backward(self, dy, argmax, x_shape, win: Window):
+        return cpu_pool.max_pool_backward(dy, argmax, x_shape, win)
+
+
+def flush_subnormals(a) -> None:
+    """Set the entries of ``a`` smaller in size than the smallest normal float to 0, in place.
+
+    Why: the momentum of a weight whose gradient stays 0 (a dead ReLU unit) decays by μ every
+    step until it is subnormal (below 1.2e-38 in float32), and x86 CPUs run arithmetic on
+    subnormals through a slow microcode path: on the reference CNN, 20% of the first dense
+    layer's velocities got there after 1,000 steps and the step slowed by 20% (BENCHMARKS.md).
+    Setting them to 0 is what flush-to-zero hardware modes (GPUs, TensorFlow's CPU kernels)
+    do; the change to the weights is below 1e-38 per step. Integer arithmetic on the bits does
+    the zeroing, so it never touches the slow path itself.
+    """
+    keep = numpy.less(numpy.abs(a), numpy.finfo(a.dtype).tiny)  # subnormals (and zeros)...
+    numpy.logical_not(keep, out=keep)  # ...are dropped; a NaN compares False, so it stays
+    bits = a.view(numpy.int32 if a.dtype.itemsize == 4 else numpy.int64)
+    numpy.multiply(bits, keep, out=bits)

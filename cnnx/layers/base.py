@@ -125,6 +125,11 @@ class Layer:
     def _layout(rank: int) -> str:
         return {4: "(N, C, H, W)", 2: "(N, features)"}.get(rank, "")
 
+    def backward_params(self, dy) -> None:
+        """Fill ``.grads`` like ``backward`` without returning dL/dx (the first layer of a
+        network needs none); a layer that can skip that work overrides this."""
+        self.backward(dy)
+
     def _require_forward(self, cache) -> None:
         if cache is None:
             raise ValueError(f"{self.name}: backward called before forward")

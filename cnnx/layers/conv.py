@@ -93,3 +93,9 @@ class Conv2D(Layer):
         dx, self.grads["W"], self.grads["b"] = self.backend.conv2d_backward(
             dy, self._cache, self.params["W"], self.window, self.activation == "relu")
         return dx
+
+    def backward_params(self, dy):
+        """dL/dW and dL/db only: skips the dL/dX product and its col2im."""
+        self._require_forward(self._cache)
+        self.grads["W"], self.grads["b"] = self.backend.conv2d_backward_params(
+            dy, self._cache, self.params["W"], self.window, self.activation == "relu")

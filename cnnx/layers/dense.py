@@ -43,8 +43,8 @@ class Dense(Layer):
 
     def forward(self, x):
         self.check_input(x, rank=2, channels=self.in_features)
-        y = self.backend.bias_activation(x @ self.params["W"].T, self.params["b"],
-                                         self.activation == "relu")
+        z = self.backend.matmul(x, self.params["W"].T)
+        y = self.backend.bias_activation(z, self.params["b"], self.activation == "relu")
         self._cache = (x, y)
         return y
 
@@ -58,6 +58,6 @@ class Dense(Layer):
         self._require_forward(self._cache)
         x, y = self._cache
         delta = self.backend.relu_backward(dy, y) if self.activation == "relu" else dy
-        self.grads["W"] = delta.T @ x
+        self.grads["W"] = self.backend.matmul(delta.T, x)
         self.grads["b"] = delta.sum(axis=0)
-        return delta @ self.params["W"]
+        return self.backend.matmul(delta, self.params["W"])

@@ -1,0 +1,279 @@
+"""The CPU backend's fast paths (cnnx/backends/cpu_*.py, numpy_backend.py) against the plain
+defaults written in base.py, on the shapes where each path applies and where it does not.
+
+Every test runs three times: with the library's own settings; "split": every operation cut
+into pieces on two threads and products in blocks of a few columns; "split-rebuild": the same,
+and convolutions that rebuild their column matrix in chunks of a few columns (as big batches
+do). So piece, chunk and block boundaries are exercised on small inputs.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from cnnx.backends import Backend, Window, cpu_conv, cpu_threads, get_backend
+from cnnx.backends import numpy_backend
+from cnnx.backends.numpy_backend import flush_subnormals
+
+CPU = get_backend("cpu")
+
+CONV_WINDOWS = [
+    Window(3, 3, 1, 1, 1, 1, 1, 1),  # the reference CNN's convolutions
+    Window(3, 3, 2, 2, 1, 1, 1, 1),  # strided
+    Window(2, 3, 1, 2, 0, 1, 2, 0),  # rectangular, uneven padding
+    Window(5, 5, 1, 1, 2, 2, 2, 2),
+    Window(1, 1, 1, 1),
+]
+POOL_WINDOWS = [
+    Window(2, 2, 2, 2),              # the tournament (windows tile the input)
+    Window(2, 2, 1, 1),              # overlapping 2x2: tournament, and adds in backward
+    Window(3, 3, 2, 2),              # overlapping, the sequential path
+    Window(3, 3, 2, 2, 1, 1, 1, 1),  # with -inf padding
+    Window(2, 2, 3, 3),              # gaps between windows: cells no window reads
+    Window(1, 2, 1, 2),
+]
+
+
+@pytest.fixture(params=["default", "split", "split-rebuild"])
+def mode(request, monkeypatch):
+    if request.param != "default":
+        monkeypatch.setattr(cpu_threads, "WORKERS", 2)
+        monkeypatch.setattr(cpu_threads, "MIN_ELEMENTS", 1)
+        monkeypatch.setattr(cpu_conv, "GEMM_COLUMNS", 5)
+    if request.param == "split-rebuild":  # the column matrix rebuilt in chunks in backward
+        monkeypatch.setattr(cpu_conv, "KEEP_COL_BYTES", 0)
+        monkeypatch.setattr(cpu_conv, "CHUNK_COLUMNS", 7)
+    return request.param
+
+
+def tol(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
+
+
+def layouts(a):
+    """The same NCHW values as a contiguous array, a batch-last view (what the CPU convolution
+    hands out) and a view with a gap between rows (no contiguous axis order at all)."""
+    batch_last = np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    wide = np.zeros(a.shape[:3] + (a.shape[3] + 3,), a.dtype)
+    wide[..., :a.shape[3]] = a
+    return {"nchw": np.ascontiguousarray(a), "batch_last": batch_last,
+            "strided": wide[..., :a.shape[3]]}
+
+
+# ----------------------------------------------------------------------------- convolution
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("win", CONV_WINDOWS, ids=str)
+@pytest.mark.parametrize("n, c", [(1, 1), (3, 1), (2, 4)])
+@pytest.mark.parametrize("layout", ["nchw", "batch_last", "strided"])
+def test_conv2d_matches_the_default(mode, dtype, relu, win, n, c, layout):
+    rng = np.random.default_rng(0)
+    x = layouts(rng.standard_normal((n, c, 9, 8)).astype(dtype))[layout]
+    w = rng.standard_normal((3, c, win.kh, win.kw)).astype(dtype)
+    b = rng.standard_normal(3).astype(dtype)
+    y, saved = CPU.conv2d_forward(x, w, b, win, relu)
+    y0, saved0 = Backend.conv2d_forward(CPU, x, w, b, win, relu)
+    np.testing.assert_allclose(y, y0, **tol(dtype))
+    dy = layouts(rng.standard_normal(y.shape).astype(dtype))[layout]
+    got = CPU.conv2d_backward(dy, saved, w, win, relu)
+    want = Backend.conv2d_backward(CPU, dy, saved0, w, win, relu)
+    for g, g0 in zip(got, want):
+        assert g.shape == g0.shape and g.dtype == g0.dtype
+        np.testing.assert_allclose(g, g0, **tol(dtype))
+    dw, db = CPU.conv2d_backward_params(dy, saved, w, win, relu)
+    np.testing.assert_array_equal(dw, got[1])
+    np.testing.assert_array_equal(db, got[2])
+
+
+def test_conv2d_backward_is_bitwise_repeatable(mode):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 11, 11)).astype("float32")
+    w = rng.standard_normal((5, 3, 3, 3)).astype("float32")
+    win = CONV_WINDOWS[0]
+    y, saved = CPU.conv2d_forward(x, w, np.zeros(5, "float32"), win, True)
+    dy = rng.standard_normal(y.shape).astype("float32")
+    first = CPU.conv2d_backward(dy, saved, w, win, True)
+    second = CPU.conv2d_backward(dy, saved, w, win, True)
+    for a, b in zip(first, second):
+        assert np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+
+
+def test_conv2d_results_are_not_reused_by_later_calls(mode):
+    # outputs are views of per-call memory: a second call must not overwrite the first's
+    rng = np.random.default_rng(2)
+    w, b, win = rng.standard_normal((4, 2, 3, 3)), np.zeros(4), CONV_WINDOWS[0]
+    x1, x2 = rng.standard_normal((2, 2, 6, 6)), rng.standard_normal((2, 2, 6, 6))
+    y1, saved1 = CPU.conv2d_forward(x1, w, b, win, True)
+    kept = y1.copy()
+    dy = rng.standard_normal(y1.shape)
+    dx1 = CPU.conv2d_backward(dy, saved1, w, win, True)[0]
+    kept_dx = dx1.copy()
+    y2, saved2 = CPU.conv2d_forward(x2, w, b, win, True)
+    dx2 = CPU.conv2d_backward(dy, saved2, w, win, True)[0]
+    np.testing.assert_array_equal(y1, kept)
+    np.testing.assert_array_equal(dx1, kept_dx)
+    assert not np.shares_memory(y1, y2) and not np.shares_memory(dx1, dx2)
+
+
+def test_conv2d_hands_out_batch_last_views_and_reads_them_without_copies():
+    x = np.random.default_rng(3).standard_normal((5, 2, 6, 6)).astype("float32")
+    y, _ = CPU.conv2d_forward(x, np.ones((3, 2, 3, 3), "float32"), np.zeros(3, "float32"),
+                              CONV_WINDOWS[0], True)
+    assert y.shape == (5, 3, 6, 6)
+    assert y.transpose(1, 2, 3, 0).flags.c_contiguous  # batch-last memory under the NCHW view
+
+
+# ----------------------------------------------------------------------------- max-pooling
+def tie_free(rng, shape):
+    return rng.permutation(np.linspace(-1, 1, int(np.prod(shape)))).reshape(shape)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("win", POOL_WINDOWS, ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 1, 7, 5), (3, 2, 4, 9)])
+@pytest.mark.parametrize("layout", ["nchw", "batch_last", "strided"])
+def test_max_pool_matches_the_default(mode, dtype, win, shape, layout):
+    rng = np.random.default_rng(4)
+    x = layouts(tie_free(rng, shape).astype(dtype))[layout]
+    y, argmax = CPU.max_pool_forward(x, win)
+    y0, argmax0 = Backend.max_pool_forward(CPU, x, win)
+    assert argmax.dtype == np.int32 and argmax.shape == argmax0.shape
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(argmax, argmax0)
+    dy = layouts(rng.standard_normal(y.shape).astype(dtype))[layout]
+    dx = CPU.max_pool_backward(dy, argmax, x.shape, win)
+    np.testing.assert_allclose(dx, Backend.max_pool_backward(CPU, dy, argmax0, x.shape, win),
+                               **tol(dtype))
+
+
+@pytest.mark.parametrize("win", POOL_WINDOWS[:3], ids=str)
+@pytest.mark.parametrize("pattern", ["constant", "pairs", "columns"])
+def test_max_pool_ties_go_to_the_first_offset_as_in_the_default(mode, win, pattern):
+    # ties everywhere: only the order of the comparisons decides the argmax
+    rng = np.random.default_rng(5)
+    x = {"constant": np.ones((2, 2, 6, 6)),
+         "pairs": rng.integers(0, 2, (2, 2, 6, 6)).astype(float),
+         "columns": np.tile(rng.integers(0, 3, 6).astype(float), (2, 2, 6, 1))}[pattern]
+    np.testing.assert_array_equal(CPU.max_pool_forward(x, win)[1],
+                                  Backend.max_pool_forward(CPU, x, win)[1])
+
+
+def test_max_pool_keeps_the_memory_order_of_its_input():
+    x = layouts(np.random.default_rng(6).standard_normal((4, 3, 8, 8)))["batch_last"]
+    y, argmax = CPU.max_pool_forward(x, POOL_WINDOWS[0])
+    dx = CPU.max_pool_backward(np.ones(y.shape), argmax, x.shape, POOL_WINDOWS[0])
+    for a in (y, argmax, dx):
+        assert a.transpose(1, 2, 3, 0).flags.c_contiguous
+
+
+# ----------------------------------------------------------------------------- dense, SGD
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, k, n", [(16, 40, 8), (5, 30, 64), (1, 3, 1), (33, 7, 33)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_matches_numpy(mode, dtype, m, k, n, transposed):
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((n, k)).astype(dtype).T if transposed else \
+        rng.standard_normal((k, n)).astype(dtype)
+    np.testing.assert_allclose(CPU.matmul(a, b), a @ b, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_flush_subnormals_zeroes_only_subnormals(dtype):
+    tiny = np.finfo(dtype).tiny
+    a = np.array([tiny / 4, -tiny / 3, tiny, -tiny, 0.0, -0.0, 1.5, -2e-3, np.inf, np.nan], dtype)
+    want = np.array([0, 0, tiny, -tiny, 0, 0, 1.5, -2e-3, np.inf, np.nan], dtype)
+    flush_subnormals(a)
+    np.testing.assert_array_equal(a, want)  # NaN stays NaN: a diverging run must still show
+
+
+@pytest.mark.parametrize("momentum, decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 1e-2), (0.0, 1e-2)])
+@pytest.mark.parametrize("size", [10, 5000])
+def test_sgd_update_is_the_default_rule_exactly(mode, momentum, decay, size):
+    rng = np.random.default_rng(8)
+    w, g, v = (rng.standard_normal(size).astype("float32") for _ in range(3))
+    w0, v0 = w.copy(), v.copy()
+    CPU.sgd_update(w, g, v if momentum else None, 0.1, momentum, decay)
+    Backend.sgd_update(CPU, w0, g, v0 if momentum else None, 0.1, momentum, decay)
+    np.testing.assert_array_equal(w, w0)
+    np.testing.assert_array_equal(v, v0)
+
+
+def test_sgd_update_lets_no_velocity_decay_into_subnormals():
+    size = numpy_backend.LARGE_PARAMETER
+    w = np.ones(size, "float32")
+    v = np.full(size, 1e-36, "float32")
+    for _ in range(100):  # a zero gradient: v shrinks by 0.9 a step
+        CPU.sgd_update(w, np.zeros(size, "float32"), v, 0.1, 0.9, 0.0)
+        assert not ((v != 0) & (np.abs(v) < np.finfo("float32").tiny)).any()
+    assert (v == 0).all()
+
+
+# ----------------------------------------------------------------------------- threads
+def test_parallel_covers_the_range_in_order_and_raises_piece_errors(mode):
+    got = cpu_threads.parallel(lambda a, b: list(range(a, b)), 10, 1 << 30)
+    assert sum(got, []) == list(range(10))
+    if mode != "default":
+        assert len(got) == 2
+
+    def failing(a, b):
+        if a > 0:
+            raise ZeroDivisionError("in a worker")
+        return a
+    if mode != "default":
+        with pytest.raises(ZeroDivisionError):
+            cpu_threads.parallel(failing, 10, 1 << 30)
+
+
+def test_parallel_inside_a_piece_runs_in_one_piece(mode):
+    def outer(a, b):
+        return cpu_threads.parallel(lambda c, d: threading.current_thread().name, 4, 1 << 30)
+    for names in cpu_threads.parallel(outer, 2, 1 << 30):
+        assert len(names) in (1, cpu_threads.WORKERS)  # no deadlock, whatever the thread
+
+
+@pytest.mark.parametrize("total, pieces", [(1, 2), (2, 2), (7, 2), (10, 3)])
+def test_pieces_cut_the_range_exactly(monkeypatch, total, pieces):
+    monkeypatch.setattr(cpu_threads, "WORKERS", pieces)
+    parts = cpu_threads.pieces(total, 1 << 30)
+    assert parts[0][0] == 0 and parts[-1][1] == total
+    assert all(a < b for a, b in parts) and all(p[1] == q[0] for p, q in zip(parts, parts[1:]))
+    assert len(parts) == min(pieces, total)
+
+
+def test_one_blas_thread_restores_the_blas_setting():
+    setters = cpu_threads._find_blas_setters()
+    if setters is None:
+        pytest.skip("no OpenBLAS found to control")
+    get, set_ = setters
+    before = get()
+    with cpu_threads.one_blas_thread():
+        assert get() == 1
+        with cpu_threads.one_blas_thread():
+            assert get() == 1
+        assert get() == 1
+    assert get() == before
+
+
+# ----------------------------------------------------------------------------- the model
+@pytest.mark.parametrize("preset", ["reference", "seed-cnn"])
+def test_training_backward_skips_only_the_input_gradient(mode, preset):
+    # train_step asks for no dL/dX (the first convolution then skips its dX product and
+    # col2im): every parameter gradient must be exactly the full backward pass's
+    from cnnx import losses, models
+    model = models.build(preset, seed=0)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 1, 28, 28)).astype("float32")
+    y = rng.integers(0, 10, 5)
+    loss = losses.SoftmaxCrossEntropy()
+    grads = []
+    for input_grad in (True, False):
+        loss.forward(model.forward(x), y)
+        dx = model.backward(loss.backward(), input_grad=input_grad)
+        assert (dx is None) == (not input_grad)
+        grads.append([layer.grads[k].copy() for _, layer, k in model.parameters()])
+    for full, skipped in zip(*grads):
+        np.testing.assert_array_equal(full, skipped)
