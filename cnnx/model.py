@@ -47,6 +47,8 @@ class Sequential:
                 return "he"
             if following.name not in _PASS_THROUGH:
                 break
+            if getattr(following, "activation", None) == "relu":  # BatchNorm with fused ReLU
+                return "he"
         return "xavier"
 
     def shapes(self, input_shape=None) -> list[tuple]:

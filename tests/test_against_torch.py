@@ -100,10 +100,15 @@ def test_losses(name):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm2d(training):
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_batchnorm2d(training, relu, batch_last):
+    # batch_last: the memory a CPU convolution hands out, which takes cpu_norm.py's path
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
-    bn = layers.BatchNorm2D(3, dtype="float64")
+    if batch_last:
+        x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    bn = layers.BatchNorm2D(3, activation="relu" if relu else None, dtype="float64")
     bn.params["gamma"] = rng.uniform(0.5, 2, 3)
     bn.params["beta"] = rng.standard_normal(3)
     rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
@@ -117,6 +122,8 @@ def test_batchnorm2d(training):
     tb = torch.tensor(bn.params["beta"], requires_grad=True)
     trm, trv = torch.tensor(rm), torch.tensor(rv)
     ty = F.batch_norm(tx, trm, trv, tg, tb, training=training, momentum=0.1, eps=1e-5)
+    if relu:
+        ty = F.relu(ty)
     ty.backward(torch.tensor(dy))
     _close(y, ty)
     _close(bn.backward(dy), tx.grad)

@@ -169,6 +169,37 @@ def test_max_pool_keeps_the_memory_order_of_its_input():
         assert a.transpose(1, 2, 3, 0).flags.c_contiguous
 
 
+# ----------------------------------------------------------------------------- batch norm
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (1, 5, 3, 3), (2, 1, 1, 7)])
+@pytest.mark.parametrize("layout", ["nchw", "batch_last", "strided"])
+@pytest.mark.parametrize("dy_layout", ["nchw", "batch_last"])
+def test_batch_norm_matches_the_default(mode, dtype, relu, training, shape, layout, dy_layout):
+    rng = np.random.default_rng(10)
+    c = shape[1]
+    x = layouts((rng.standard_normal(shape) * 3 + 2).astype(dtype))[layout]
+    gamma = rng.uniform(-2, 2, c).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    stats = None if training else (rng.standard_normal(c).astype(dtype),
+                                   rng.uniform(0.5, 2, c).astype(dtype))
+    y, saved, mean, var = CPU.batch_norm_forward(x, gamma, beta, 1e-5, relu, stats)
+    y0, saved0, mean0, var0 = Backend.batch_norm_forward(CPU, x, gamma, beta, 1e-5, relu, stats)
+    assert y.shape == y0.shape and y.dtype == y0.dtype
+    np.testing.assert_allclose(y, y0, **tol(dtype))
+    np.testing.assert_allclose(mean, mean0, **tol(dtype))
+    np.testing.assert_allclose(var, var0, **tol(dtype))
+    if layout == "batch_last":  # the fast path ran, and kept the layout
+        assert y.transpose(1, 2, 3, 0).flags.c_contiguous
+    dy = layouts(rng.standard_normal(shape).astype(dtype))[dy_layout]
+    got = CPU.batch_norm_backward(dy, saved, gamma)
+    want = Backend.batch_norm_backward(CPU, dy, saved0, gamma)
+    for g, g0 in zip(got, want):
+        assert g.shape == g0.shape and g.dtype == g0.dtype
+        np.testing.assert_allclose(g, g0, **tol(dtype))
+
+
 # ----------------------------------------------------------------------------- dense, SGD
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("m, k, n", [(16, 40, 8), (5, 30, 64), (1, 3, 1), (33, 7, 33)])

@@ -33,6 +33,36 @@ def test_batchnorm2d_gradcheck(backend, training, n, c, h, w):
 
 
 @pytest.mark.parametrize("training", [True, False])
+@given(n=st.integers(2, 4), c=st.integers(1, 3), h=st.integers(1, 4), w=st.integers(1, 4))
+def test_batchnorm2d_with_fused_relu_gradcheck(backend, training, n, c, h, w):
+    # (the CPU backend's channel-row path for batch-last input is compared with this default
+    # path to 1e-12 in tests/test_cpu_fast_paths.py; gradcheck perturbs contiguous arrays)
+    assume(not training or n * h * w >= 4)
+    layer = layers.BatchNorm2D(c, activation="relu", dtype="float64").to(backend)
+    rng = np.random.default_rng(0)
+    layer.params["gamma"] = backend.asarray(rng.uniform(0.5, 2, c))
+    layer.params["beta"] = backend.asarray(rng.uniform(-0.5, 0.5, c))
+    layer.buffers = {"running_mean": backend.asarray(rng.standard_normal(c)),
+                     "running_var": backend.asarray(rng.uniform(0.5, 2, c))}
+    if not training:
+        layer.eval()
+    x = backend.asarray(rng.standard_normal((n, c, h, w)) * 2 + 1)
+    # keep away from the ReLU's kink: every pre-activation γx̂ + β at least 1e-3 from 0
+    xn = backend.to_numpy(x)
+    mean, var = ((xn.mean(axis=(0, 2, 3)), xn.var(axis=(0, 2, 3))) if training else
+                 (backend.to_numpy(layer.buffers["running_mean"]),
+                  backend.to_numpy(layer.buffers["running_var"])))
+    z = ((xn - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5)
+         * backend.to_numpy(layer.params["gamma"])[:, None, None]
+         + backend.to_numpy(layer.params["beta"])[:, None, None])
+    assume(np.abs(z).min() > 1e-3)
+    np.testing.assert_allclose(backend.to_numpy(layer.forward(x)), np.maximum(z, 0), rtol=1e-12,
+                               atol=1e-12)
+    errors = gradcheck(layer, x)
+    assert max(errors.values()) <= 1e-7, errors
+
+
+@pytest.mark.parametrize("training", [True, False])
 def test_batchnorm1d_and_global_avg_pool_gradcheck(backend, training):
     rng = np.random.default_rng(1)
     bn = layers.BatchNorm1D(5, dtype="float64").to(backend)

@@ -233,6 +233,50 @@ class Backend:
             padded[:, :, rows, cols] += share
         return self._crop(padded, h, w, win)
 
+    # ---------------------------------------------------------------- batch normalization
+    def batch_norm_forward(self, x, gamma, beta, eps: float, relu: bool, stats=None):
+        """y = act(γ x̂ + β), x̂ = (x − μ)/√(σ² + ε), per channel (axis 1) over every other axis.
+
+        ``stats=None`` (training): μ, σ² are the batch's (biased variance); otherwise the pair
+        ``(μ, σ²)`` given (evaluation: the running estimates). Returns ``(y, saved, μ, σ²)``;
+        ``saved`` is what ``batch_norm_backward`` needs (x̂, 1/√(σ² + ε), y, and whether the
+        statistics came from the batch).
+        """
+        xp = self.xp
+        axes = (0,) + tuple(range(2, x.ndim))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if stats is None:
+            mean, var = x.mean(axis=axes), x.var(axis=axes)
+        else:
+            mean, var = stats
+        inv_std = 1 / xp.sqrt(var + eps)
+        x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+        y = x_hat * gamma.reshape(shape) + beta.reshape(shape)
+        if relu:
+            xp.maximum(y, 0, out=y)
+        return y, (x_hat, inv_std, y if relu else None, stats is None), mean, var
+
+    def batch_norm_backward(self, dy, saved, gamma):
+        """(dL/dx, dL/dγ, dL/dβ); with δ = dy ⊙ 1[y > 0] (ReLU fused) or δ = dy, sums Σ over
+        the m values of a channel (docs/math.md, "Batch normalization"):
+
+            dβ = Σ δ,   dγ = Σ δ ⊙ x̂,
+            batch statistics:  dx = (γ/(m s)) (m δ − Σ δ − x̂ Σ (δ ⊙ x̂)),   s = √(σ² + ε)
+            fixed statistics:  dx = γ δ / s
+        """
+        x_hat, inv_std, y, batch_stats = saved
+        axes = (0,) + tuple(range(2, dy.ndim))
+        shape = (1, -1) + (1,) * (dy.ndim - 2)
+        delta = dy if y is None else self.relu_backward(dy, y)
+        dbeta = delta.sum(axis=axes)
+        dgamma = (delta * x_hat).sum(axis=axes)
+        scale = (gamma * inv_std).reshape(shape)
+        if not batch_stats:
+            return delta * scale, dgamma, dbeta
+        m = delta.size // delta.shape[1]
+        dx = scale * (delta - (dbeta / m).reshape(shape) - x_hat * (dgamma / m).reshape(shape))
+        return dx, dgamma, dbeta
+
     # ---------------------------------------------------------------- loss and update
     def softmax_cross_entropy(self, logits, labels):
         """Mean cross-entropy of softmax(logits) against integer labels, and its gradient.

@@ -3,7 +3,8 @@
 Every override computes the same function as the default in ``base.py`` (tests compare them:
 tests/test_backend_ops.py, tests/test_cpu_fast_paths.py); only the arrangement in memory
 differs. Convolution works in a batch-last layout (cpu_conv.py) and hands out NCHW views of
-it; max-pooling keeps whatever layout it receives (cpu_pool.py). BENCHMARKS.md ("CPU") logs
+it; max-pooling keeps whatever layout it receives (cpu_pool.py); batch norm works on the
+channel rows of batch-last memory (cpu_norm.py). BENCHMARKS.md ("CPU") logs
 what each change was predicted to gain and what it gained.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy
 
-from . import cpu_conv, cpu_pool
+from . import cpu_conv, cpu_norm, cpu_pool
 from .base import Backend, Window
 from .cpu_threads import parallel
 
@@ -74,6 +75,16 @@ class NumpyBackend(Backend):
                 step = v[s:e]
             p[s:e] -= numpy.multiply(step, lr)
         parallel(piece, p.size, 8 * p.size)  # about eight passes over the parameter
+
+    def batch_norm_forward(self, x, gamma, beta, eps: float, relu: bool, stats=None):
+        fast = cpu_norm.batch_norm_forward(x, gamma, beta, eps, relu, stats)
+        return fast if fast is not None else super().batch_norm_forward(x, gamma, beta, eps,
+                                                                         relu, stats)
+
+    def batch_norm_backward(self, dy, saved, gamma):
+        if isinstance(saved, cpu_norm.RowsSaved):
+            return cpu_norm.batch_norm_backward(dy, saved, gamma)
+        return super().batch_norm_backward(dy, saved, gamma)
 
     def max_pool_forward(self, x, win: Window):
         return cpu_pool.max_pool_forward(x, win)
