@@ -96,12 +96,12 @@ PRESETS = {"reference": reference, "lenet5": lenet5, "seed-cnn": seed_cnn,
 #: Keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, schedule ("constant",
 #: "step", "cosine"), warmup (epochs), flip, shift (augmentation), patience (early stopping).
 RECIPES = {
-    "fmnist-small": {"epochs": 15, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
+    "fmnist-small": {"epochs": 30, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
                      "weight_decay": 1e-4, "schedule": "cosine", "warmup": 1.0,
-                     "flip": 0.5, "shift": 2, "patience": 5},
-    "fmnist-bn": {"epochs": 13, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
+                     "flip": 0.5, "shift": 1, "patience": 5},
+    "fmnist-bn": {"epochs": 16, "batch_size": 128, "optimizer": "adam", "lr": 2e-3,
                   "weight_decay": 1e-4, "schedule": "cosine", "warmup": 1.0,
-                  "flip": 0.5, "shift": 2, "patience": 5},
+                  "flip": 0.5, "shift": 1, "patience": 5},
 }
 
 
