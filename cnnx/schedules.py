@@ -33,7 +33,8 @@ class StepDecay(Schedule):
     def __init__(self, lr, step_epochs: float, gamma: float = 0.1, warmup_epochs: float = 0.0):
         super().__init__(lr, warmup_epochs)
         if step_epochs <= 0 or not 0 < gamma <= 1:
-            raise ValueError(f"StepDecay: need step_epochs > 0 and 0 < gamma <= 1")
+            raise ValueError(f"StepDecay: need step_epochs > 0 and 0 < gamma <= 1, got "
+                             f"step_epochs={step_epochs}, gamma={gamma}")
         self.step_epochs, self.gamma = float(step_epochs), float(gamma)
 
     def decay(self, progress):

@@ -24,6 +24,10 @@ takes to rebuild: then each thread walks its band a few rows at a time (``CHUNK_
 for every chunk, builds those columns in a buffer that stays in its core's cache, multiplies and
 applies ReLU before moving on; the backward pass rebuilds them the same way.
 
+dL/dX by bands too: each band owns a run of padded input rows and adds its col2im sums straight
+into them; only the kh - sh rows its last windows share with the next band go through a small
+buffer of its own, added in once every band is done (no second full-size buffer to sum).
+
 Bias for free: ``col`` gets one extra row of ones and ``W_mat`` the bias as an extra column,
 so the product adds b (no separate pass over Z) and ``col @ delta^T`` returns db in its last
 row (no separate sum).
@@ -51,9 +55,15 @@ def batch_first(a):
 
 
 #: the column matrix is kept from the forward to the backward pass while it is at most this
-#: big; a bigger one (batch 256 and up) is rebuilt chunk by chunk in the backward pass, which
-#: measured faster than its trip through memory and bounds the memory of large batches
-KEEP_COL_BYTES = 16 << 20
+#: big; a bigger one is rebuilt chunk by chunk in the backward pass, which measured faster than
+#: its trip through memory (reference CNN, conv2 at batch 64 and 128: BENCHMARKS.md, CPU log)
+#: and bounds the memory of large batches
+KEEP_COL_BYTES = 6 << 20
+#: a column matrix of at most FEW_ROWS rows (a first layer: 1 or 3 input channels) is kept up
+#: to KEEP_FEW_ROWS_FACTOR times that: rebuilding it is a copy as large as the matrix itself,
+#: with little arithmetic per column to hide it behind
+FEW_ROWS = 32
+KEEP_FEW_ROWS_FACTOR = 3
 #: columns (output pixels) per chunk when the column matrix is built chunk by chunk
 CHUNK_COLUMNS = 4096
 #: columns per matrix product: OpenBLAS runs the skinny products of a convolution with few
@@ -86,6 +96,13 @@ def pad_batch_last(x, win: Window):
         padded[:, win.pt + r0:win.pt + r1, win.pl:win.pl + w, :] = source[:, r0:r1]
     parallel(copy_rows, h, x.size)
     return padded
+
+
+def keeps_columns(rows: int, columns: int, itemsize: int) -> bool:
+    """Whether the forward pass keeps a ``rows x columns`` column matrix for the backward pass
+    (see KEEP_COL_BYTES) instead of the backward pass rebuilding it."""
+    limit = KEEP_COL_BYTES * (KEEP_FEW_ROWS_FACTOR if rows <= FEW_ROWS else 1)
+    return rows * columns * itemsize <= limit
 
 
 def chunks(y0: int, y1: int, row_columns: int, whole: bool = False):
@@ -127,16 +144,25 @@ def windows(padded, win: Window, y0: int, y1: int, wo: int):
                       writeable=False)
 
 
-def add_patches(target, dpatches, win: Window, y0: int, y1: int, wo: int, row0: int):
+def add_patches(target, dpatches, win: Window, y0: int, y1: int, wo: int, limit: int,
+                overflow=None):
     """The adjoint of ``fill_patches``: add each entry of ``dpatches`` (no ones row) to the
-    input cell it was copied from; ``target`` holds padded input rows from ``row0`` on.
-    Adds over kernel offsets in a fixed order, so the result is deterministic."""
+    input cell it was copied from. Padded input rows below ``limit`` are rows of ``target``;
+    rows from ``limit`` on go to ``overflow``, whose row 0 is padded row ``limit`` (a band's
+    edge rows that the next band owns). Adds over kernel offsets in a fixed order, so the
+    result is deterministic."""
     c, n = target.shape[0], target.shape[3]
     taps = dpatches.reshape(c, win.kh, win.kw, y1 - y0, wo, n)
     for i, j in win.offsets():
-        rows = slice(y0 * win.sh + i - row0, (y1 - 1) * win.sh + i + 1 - row0, win.sh)
         cols = slice(j, j + win.sw * (wo - 1) + 1, win.sw)
-        target[:, rows, cols, :] += taps[:, i, j]
+        # outputs y in [y0, split) read rows y*sh + i < limit; the others read rows >= limit
+        split = min(max(y0, -(-(limit - i) // win.sh)), y1)
+        if split > y0:
+            rows = slice(y0 * win.sh + i, (split - 1) * win.sh + i + 1, win.sh)
+            target[:, rows, cols, :] += taps[:, i, j, :split - y0]
+        if split < y1:
+            rows = slice(split * win.sh + i - limit, (y1 - 1) * win.sh + i + 1 - limit, win.sh)
+            overflow[:, rows, cols, :] += taps[:, i, j, split - y0:]
 
 
 def conv2d_forward(x, w, b, win: Window, relu: bool):
@@ -149,7 +175,7 @@ def conv2d_forward(x, w, b, win: Window, relu: bool):
     w_aug = numpy.concatenate([w.reshape(out_ch, -1), b.reshape(out_ch, 1)], axis=1)
     k = w_aug.shape[1] - 1
     out = numpy.empty((out_ch, m), dtype=x.dtype)
-    keep = (k + 1) * m * x.itemsize <= KEEP_COL_BYTES
+    keep = keeps_columns(k + 1, m, x.itemsize)
     col = new_patches(k, m, x.dtype) if keep else None
 
     def band(y0, y1):
@@ -176,46 +202,51 @@ def conv2d_backward(dy, saved: ConvSaved, w, win: Window, relu: bool, input_grad
     w_mat = w.reshape(out_ch, -1)
     k, m = w_mat.shape[1], ho * wo * n
     dy_flat = numpy.reshape(batch_last(dy), (out_ch, m))  # a view when dy is batch-last memory
-    band = _backward_band(dy_flat, wo, saved, w_mat, win, relu, input_grad)
     work = 2 * out_ch * m + out_ch * (k + 1) * m // 16  # the mask (two passes), the product
     if input_grad:
         work += out_ch * k * m // 16 + k * m  # the second product, the adds of col2im
+    dx_pad = numpy.empty(saved.padded.shape, dy.dtype) if input_grad else None
+    band = _backward_band(dy_flat, wo, saved, w_mat, win, relu, dx_pad)
     results = parallel(band, ho, work)
     grads = sum(r[0] for r in results).T  # (O, K + 1): dW_mat, then db in the last column
     dw = grads[:, :-1].reshape(w.shape).copy()
     db = grads[:, -1].copy()
     if not input_grad:
         return None, dw, db
-    dx_pad = results[0][1]  # the first band's buffer spans every row; add the others' into it
-
-    def add_rows(c0, c1):
-        for _, rows, row0 in results[1:]:
-            dx_pad[c0:c1, row0:row0 + rows.shape[1]] += rows[c0:c1]
-    if len(results) > 1:
-        parallel(add_rows, dx_pad.shape[0], sum(r[1].size for r in results[1:]))
+    for _, edge, limit in results:  # each band's edge rows into the rows the next band owns
+        if edge is not None:
+            dx_pad[:, limit:limit + edge.shape[1]] += edge
     _, _, h, wd = saved.x_shape
     return batch_first(dx_pad[:, win.pt:win.pt + h, win.pl:win.pl + wd, :]), dw, db
 
 
-def _backward_band(dy, wo: int, saved: ConvSaved, w_mat, win: Window, relu: bool,
-                   input_grad: bool):
+def _backward_band(dy, wo: int, saved: ConvSaved, w_mat, win: Window, relu: bool, dx_pad):
     """The work of one thread in ``conv2d_backward``: for output rows [y0, y1), chunk by chunk,
-    dL/dZ (ReLU mask applied), its share of dW and db, and (``input_grad``) the gradient of the
-    input rows those outputs read, in a buffer of its own (bands overlap at their edges).
-    ``dy``: dL/dY as an (O, Ho*Wo*N) batch-last matrix."""
+    dL/dZ (ReLU mask applied), its share of dW and db, and (when ``dx_pad`` is given) the
+    gradient of the input rows those outputs read.
+
+    ``dy``: dL/dY as an (O, Ho*Wo*N) batch-last matrix. Each band owns the padded input rows
+    from its first window's top row to the next band's: it zeroes them in ``dx_pad`` and adds
+    into them directly. Its last windows also reach kh - sh rows into the next band's rows;
+    those sums go to a small ``edge`` buffer of its own, added in after every band is done."""
     out_ch, n = dy.shape[0], saved.x_shape[0]
-    k, dtype, padded = w_mat.shape[1], dy.dtype, saved.padded
+    k, dtype, padded, ho = w_mat.shape[1], dy.dtype, saved.padded, dy.shape[1] // (wo * n)
 
     def band(y0, y1):
         parts = chunks(y0, y1, wo * n, whole=saved.col is not None)
         width = (parts[0][1] - parts[0][0]) * wo * n
         delta = numpy.empty((out_ch, min(width, GEMM_COLUMNS)), dtype)
+        mask_block = numpy.empty_like(delta) if relu else None
         scratch = new_patches(k, width, dtype) if saved.col is None else None
         grads = numpy.zeros((k + 1, out_ch), dtype)
-        row0 = 0 if y0 == 0 else y0 * win.sh  # the first band's buffer is the whole dX
-        rows = padded.shape[1] - row0 if y0 == 0 else (y1 - 1) * win.sh + win.kh - row0
-        if input_grad:
-            dx_rows = numpy.zeros((padded.shape[0], rows) + padded.shape[2:], dtype)
+        edge, limit = None, padded.shape[1]
+        if dx_pad is not None:
+            first = 0 if y0 == 0 else y0 * win.sh
+            if y1 < ho:
+                limit = y1 * win.sh  # where the next band's rows begin
+                edge = numpy.zeros((padded.shape[0], max(0, (y1 - 1) * win.sh + win.kh - limit))
+                                   + padded.shape[2:], dtype)
+            dx_pad[:, first:limit] = 0
             dpatches = numpy.empty((k, width), dtype)
         for r0, r1 in parts:
             start, m = r0 * wo * n, (r1 - r0) * wo * n
@@ -224,13 +255,14 @@ def _backward_band(dy, wo: int, saved: ConvSaved, w_mat, win: Window, relu: bool
             for b in blocks(m):
                 # dL/dZ of this block, used by both products while it is in cache
                 d = dy[:, start + b.start:start + b.stop]
-                if relu:
-                    mask = saved.out[:, start + b.start:start + b.stop] > 0
+                if relu:  # the mask as 0.0/1.0: float x bool multiplies measured 1.3x slower
+                    mask = numpy.greater(saved.out[:, start + b.start:start + b.stop], 0,
+                                         out=mask_block[:, :b.stop - b.start])
                     d = numpy.multiply(d, mask, out=delta[:, :b.stop - b.start])
                 grads += numpy.matmul(p[:, b], d.T)  # (K + 1, O); see BENCHMARKS.md
-                if input_grad:
+                if dx_pad is not None:
                     numpy.matmul(w_mat.T, d, out=dpatches[:, b])
-            if input_grad:
-                add_patches(dx_rows, dpatches[:, :m], win, r0, r1, wo, row0)
-        return grads, (dx_rows if input_grad else None), row0
+            if dx_pad is not None:
+                add_patches(dx_pad, dpatches[:, :m], win, r0, r1, wo, limit, edge)
+        return grads, edge, limit
     return band
