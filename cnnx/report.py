@@ -85,9 +85,20 @@ REMEDIES = {
 }
 
 
-def diagnose(j_train: float, j_cv: float | None, classes: int) -> dict:
-    """Bias/variance verdict from the final training and cross-validation losses."""
+def diagnose(j_train: float, j_cv: float | None, classes: int,
+             weight_decay: float | None = None) -> dict:
+    """Bias/variance verdict from the final training and cross-validation losses.
+
+    ``weight_decay``: the run's λ when known; with λ = 0 the "decrease λ" remedy is left out
+    (there is nothing to decrease)."""
     chance = math.log(max(classes, 2))
+    result = _verdict(j_train, j_cv, chance)
+    if weight_decay == 0:
+        result["remedies"] = [r for r in result["remedies"] if not r.startswith("decrease λ")]
+    return result
+
+
+def _verdict(j_train: float, j_cv: float | None, chance: float) -> dict:
     high_bias = j_train > HIGH_TRAIN_FRACTION * chance
     if j_cv is None:
         verdict = "high bias" if high_bias else "unknown variance (no validation set: --val-split)"

@@ -158,7 +158,8 @@ class Session:
         j_train = evaluate(self.model, self.loss, x[:TRAIN_SUBSET_FOR_J], y[:TRAIN_SUBSET_FOR_J],
                            batch_size=batch)["loss"]
         j_cv = self.history[-1]["val_loss"] if self.history else None
-        diagnosis = report.diagnose(j_train, j_cv, self.prep.dataset.num_classes)
+        diagnosis = report.diagnose(j_train, j_cv, self.prep.dataset.num_classes,
+                                    weight_decay=self.cfg.weight_decay)
         result = {
             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
             "epochs": len(self.history), "seconds": sum(r["seconds"] for r in self.history),

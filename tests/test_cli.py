@@ -146,6 +146,11 @@ def test_bias_variance_diagnosis(j_train, j_cv, verdict):
         assert "get more training examples" in text and "increase λ" in text
     if "bias" in verdict:
         assert "decrease λ" in text
+        # with λ = 0 there is nothing to decrease: that remedy goes, the others stay
+        no_decay = report.format_diagnosis(report.diagnose(j_train, j_cv, 10, weight_decay=0.0))
+        assert "decrease λ" not in no_decay and "train longer" in no_decay
+        with_decay = report.format_diagnosis(report.diagnose(j_train, j_cv, 10, weight_decay=1e-4))
+        assert "decrease λ" in with_decay
 
 
 @pytest.mark.parametrize("losses, patience, stop", [
