@@ -128,8 +128,9 @@ class Backend:
         return self._crop(padded, h, w, win)
 
     def matmul(self, a, b):
-        """The matrix product ``a @ b`` of the dense layers. A backend may run it its own way
-        (the CPU one splits it over its own threads instead of BLAS's)."""
+        """The matrix product ``a @ b``: every product of the layers' default forms goes through
+        here, so a backend may run them its own way (the CPU one splits them over its own
+        threads instead of BLAS's)."""
         return a @ b
 
     def bias_activation(self, z, b, relu: bool):
@@ -153,7 +154,7 @@ class Backend:
         out = w.shape[0]
         ho, wo = win.out_hw(h, wd)
         col = self.im2col(x, win)
-        rows = self.bias_activation(col @ w.reshape(out, -1).T, b, relu)
+        rows = self.bias_activation(self.matmul(col, w.reshape(out, -1).T), b, relu)
         y = rows.reshape(n, ho, wo, out).transpose(0, 3, 1, 2)
         return y, (col, x.shape, rows)
 
@@ -164,9 +165,9 @@ class Backend:
         delta = dy.transpose(0, 2, 3, 1).reshape(-1, out)
         if relu:
             delta = self.relu_backward(delta, rows)
-        dw = (delta.T @ col).reshape(w.shape)
+        dw = self.matmul(delta.T, col).reshape(w.shape)
         db = delta.sum(axis=0)
-        dx = self.col2im(delta @ w.reshape(out, -1), x_shape, win)
+        dx = self.col2im(self.matmul(delta, w.reshape(out, -1)), x_shape, win)
         return dx, dw, db
 
     def conv2d_backward_params(self, dy, saved, w, win: Window, relu: bool):

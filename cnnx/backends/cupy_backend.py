@@ -223,9 +223,9 @@ class CupyBackend(Backend):
         delta = dy.transpose(0, 2, 3, 1).reshape(-1, out)  # rows (n, y, x), one copy
         if relu:
             delta = self.relu_backward(delta, rows)
-        dw = (delta.T @ col).reshape(w.shape)
-        db = self.xp.ones(delta.shape[0], dtype=delta.dtype) @ delta
-        dx = self.col2im(delta @ w.reshape(out, -1), x_shape, win)
+        dw = self.matmul(delta.T, col).reshape(w.shape)
+        db = self.matmul(self.xp.ones((1, delta.shape[0]), dtype=delta.dtype), delta)[0]
+        dx = self.col2im(self.matmul(delta, w.reshape(out, -1)), x_shape, win)
         return dx, dw, db
 
     # ---------------------------------------------------------------- pooling
