@@ -7,6 +7,7 @@ import pytest
 
 from cnnx import Sequential, evaluate, fit, gradcheck, layers, losses, models, optim
 from cnnx.models import seed002_net
+from cnnx.train import train_step
 
 
 def _random_biases(model, rng):
@@ -64,6 +65,41 @@ def test_training_the_reference_cnn_learns(backend):
     assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
     assert history[-1]["val_loss"] < 0.5 * before["loss"]
     assert before["accuracy"] < 0.5 < 0.9 < history[-1]["val_accuracy"]
+
+
+def test_training_steps_move_nothing_between_host_and_device(backend, monkeypatch):
+    """Issue 3: inside a training step nothing crosses between host and device (the loss stays
+    a device scalar until someone logs it). Counted at the backend's transfer methods: an epoch
+    of 6 steps must make exactly as many transfers as one of 2 (the per-epoch ones: the data,
+    the shuffle order, the epoch's totals). On a GPU the step itself also runs under CuPy's
+    synchronization guard."""
+    calls = {"to_numpy": 0, "scalar": 0, "asarray from host": 0}
+
+    def counted(name, method, only_host=False):
+        def wrapper(a, *args, **kwargs):
+            if not only_host or not backend.owns(a):
+                calls[name] += 1
+            return method(a, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(backend, "to_numpy", counted("to_numpy", backend.to_numpy))
+    monkeypatch.setattr(backend, "scalar", counted("scalar", backend.scalar))
+    monkeypatch.setattr(backend, "asarray", counted("asarray from host", backend.asarray, True))
+    per_epoch = []
+    for steps in (2, 6):
+        x, y = synthetic(16 * steps)
+        model = models.build("reference", seed=0).to(backend)
+        optimizer = optim.SGD(model, lr=0.05, momentum=0.9)
+        for key in calls:
+            calls[key] = 0
+        fit(model, losses.SoftmaxCrossEntropy(), optimizer, x, y, epochs=1, batch_size=16)
+        per_epoch.append(dict(calls))
+    assert per_epoch[0] == per_epoch[1], per_epoch
+    guard = getattr(__import__("cupyx"), "allow_synchronize", None) if backend.name != "cpu" else None
+    if guard is not None:  # deprecated since CuPy 10: used while CuPy still has it
+        xb, yb = backend.asarray(x[:16]), backend.asarray(y[:16])
+        with guard(False):  # raises cupyx.DeviceSynchronized when the host waits on the GPU
+            train_step(model, losses.SoftmaxCrossEntropy(), optimizer, xb, yb)
 
 
 def test_training_is_deterministic_under_a_seed():
