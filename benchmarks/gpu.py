@@ -58,7 +58,8 @@ def cnnx_step(backend, batch: int):
     return lambda: train_step(model, loss_fn, opt, xb, yb)  # loss stays on the GPU
 
 
-def torch_step(batch: int):
+def torch_reference(batch: int):
+    """PyTorch's reference CNN on the GPU: (model, SGD momentum 0.9, loss, images, labels)."""
     import torch
     from torch import nn
 
@@ -71,9 +72,12 @@ def torch_step(batch: int):
         nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10),
     ).cuda()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
     x, y = random_batch(batch)
-    xb, yb = torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+    return model, opt, nn.CrossEntropyLoss(), torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()
+
+
+def torch_step(batch: int):
+    model, opt, loss_fn, xb, yb = torch_reference(batch)
 
     def step():
         opt.zero_grad(set_to_none=True)

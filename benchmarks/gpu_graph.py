@@ -27,9 +27,7 @@ Nothing in cnnx uses this file. How the capture is set up, and why:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 import traceback
 
 import cupy
@@ -38,6 +36,7 @@ import numpy
 from cnnx import config, losses, models, optim
 from cnnx.backends import get_backend
 from cnnx.train import train_step
+from gpu import images_per_second, random_batch, torch_reference  # benchmarks/gpu.py, beside this file
 
 try:
     from cupy_backends.cuda.libs import cublas
@@ -148,9 +147,8 @@ class GraphedStep:
             self.model.to(_with_matmul(self.backend, RawCublasMatmul()))
         self.opt = optim.SGD(self.model, lr=0.01, momentum=0.9)
         self.loss_fn = losses.SoftmaxCrossEntropy()
-        rng = numpy.random.default_rng(0)
-        self.x = cupy.asarray(rng.standard_normal((batch, 1, 28, 28)).astype("float32"))
-        self.y = cupy.asarray(rng.integers(0, 10, batch))
+        x, y = random_batch(batch)
+        self.x, self.y = cupy.asarray(x), cupy.asarray(y)
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.graph = None
@@ -217,39 +215,12 @@ def check_replay(matmul: str, batch: int = 64, replays: int = 5) -> str:
 
 
 # ----------------------------------------------------------------------------- 3. throughput
-def rate(step, sync, batch: int, steps: int, repeats: int = 5) -> float:
-    for _ in range(3):
-        step()
-    sync()
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        rates.append(batch * steps / (time.perf_counter() - start))
-    return statistics.median(rates)
-
-
 def torch_graph_step(batch: int):
-    """PyTorch's whole step (zero_grad, forward, backward, SGD) in one CUDA graph."""
+    """PyTorch's whole step (forward, backward, SGD) captured in one CUDA graph."""
     import torch
-    from torch import nn
 
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(1568, 128), nn.ReLU(), nn.Linear(128, 10),
-    ).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    rng = numpy.random.default_rng(0)
-    xb = torch.from_numpy(rng.standard_normal((batch, 1, 28, 28)).astype("float32")).cuda()
-    yb = torch.from_numpy(rng.integers(0, 10, batch)).cuda()
-    side = torch.cuda.Stream()
+    model, opt, loss_fn, xb, yb = torch_reference(batch)
+    side = torch.cuda.Stream()  # warm-up off the default stream, as PyTorch's docs ask
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
@@ -273,12 +244,12 @@ def throughput(batches, matmul: str, quick: bool) -> list[str]:
         steps = max(10, (2000 if quick else 12800) // batch)
         eager = GraphedStep(batch, "cupy")
         with config.finite_checks(False):
-            e = rate(eager.eager, eager.backend.synchronize, batch, steps)
+            e = images_per_second(eager.eager, eager.backend.synchronize, batch, steps)
         graphed = GraphedStep(batch, matmul)
         graphed.capture()
-        g = rate(graphed.replay, graphed.sync, batch, steps)
+        g = images_per_second(graphed.replay, graphed.sync, batch, steps)
         try:
-            t = rate(*torch_graph_step(batch), batch, steps)
+            t = images_per_second(*torch_graph_step(batch), batch, steps)
         except Exception as exc:
             print(f"PyTorch graph at batch {batch}: {short(exc)}", file=sys.stderr)
             t = float("nan")
