@@ -31,8 +31,9 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$LOG
 if [ "$stage" = tests ] || [ "$stage" = all ]; then
     python3 -c "from cnnx.backends import available_backends as a; print('backends:', a())" \
         | tee -a "$LOG/device.txt"
-    # -rs lists what was skipped and why; CNNX_REQUIRE_TOOLCHAIN fails the PTX tests if nvcc is absent
-    CNNX_REQUIRE_TOOLCHAIN=1 python3 -m pytest -q -rs -p no:cacheprovider 2>&1 \
+    # -rs lists what was skipped and why (CI, not this run, insists on nvcc and g++ for the
+    # PTX and shim tests: a GPU image without g++ skips the shim here instead of failing)
+    python3 -m pytest -q -rs -p no:cacheprovider 2>&1 \
         | tee "$LOG/pytest.txt" | tail -25 || status=1
     compute-sanitizer --tool memcheck --error-exitcode 99 \
         python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py -k "not 2_pow_31" 2>&1 \
