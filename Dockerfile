@@ -18,7 +18,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/*
 
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY cnnx /src/cnnx
 RUN python3 -m venv /opt/cnnx \
     && pip install "/src[cuda12]" \

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
 
 
 def test_dockerfile_installs_cuda_cnnx_and_fashion_mnist():
@@ -18,6 +19,18 @@ def test_dockerfile_installs_cuda_cnnx_and_fashion_mnist():
     assert re.search(r"^FROM nvidia/cuda:12[\w.]*-runtime-ubuntu[\d.]+$", text, re.M)
     assert '"/src[cuda12]"' in text and "dataset-fashion-mnist" in text
     assert "docker run --gpus all cnnx cnnx train --device cuda" in text
+
+
+def test_dockerfile_copies_every_file_the_build_reads():
+    # pip builds /src: the readme and license files named in pyproject.toml must be there
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = {"pyproject.toml", project["readme"], *project.get("license-files", [])}
+    copied = set()
+    for line in re.findall(r"^COPY (.+) /src/$", DOCKERFILE.read_text(), re.M):
+        copied.update(line.split())
+    assert needed <= copied, f"the Dockerfile does not COPY {sorted(needed - copied)} into /src/"
+    assert all((ROOT / name).is_file() for name in needed)
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed "
