@@ -1,13 +1,24 @@
-"""Shared fixtures: every backend test runs once per available backend (CPU always, CUDA when
-a GPU is usable), never as a per-backend copy."""
+"""Shared fixtures: every backend test runs once per backend, never as a per-backend copy:
+the CPU always; "cuda:0" when a GPU is usable; and "cuda-shim" everywhere g++ is: the CUDA
+backend's own code (CupyBackend) with NumPy as ``xp`` and its .cu kernels compiled as C++
+(tests/shim), so every layer, loss, optimizer and training test also runs the GPU path's
+logic and kernels on a machine without a GPU."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+import cnnx.losses
 from cnnx.backends import available_backends, get_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shim.shim_backend import ShimBackend, build_library, gxx, missing_toolchain  # noqa: E402
 
 # Deterministic property tests: the same examples on every run and machine.
 settings.register_profile(
@@ -16,12 +27,36 @@ settings.register_profile(
 )
 settings.load_profile("cnnx")
 
-BACKENDS = available_backends()
+BACKENDS = available_backends() + ["cuda-shim"]
+
+
+@pytest.fixture(scope="session")
+def shim_library(tmp_path_factory):
+    """cnnx's CUDA kernels compiled as C++ for the CPU (tests/shim), once per session."""
+    if gxx() is None:
+        missing_toolchain("g++ not found: the CPU shim cannot compile the kernels")
+    try:
+        return build_library(tmp_path_factory.mktemp("shim"))
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"g++ failed on the kernel sources:\n{exc.stderr}")
 
 
 @pytest.fixture(params=BACKENDS, scope="session")
 def backend(request):
+    if request.param == "cuda-shim":
+        return ShimBackend(request.getfixturevalue("shim_library"))
     return get_backend(request.param)
+
+
+@pytest.fixture(autouse=True)
+def losses_find_the_shim(request, monkeypatch):
+    """A loss finds its backend from the prediction's array type (``backend_of``): CuPy arrays
+    lead to the CUDA backend, but NumPy arrays to the CPU one. Under "cuda-shim" they lead to
+    the shim, so the loss runs the CUDA backend's code (its softmax cross-entropy kernel)."""
+    if "backend" in request.fixturenames:
+        backend = request.getfixturevalue("backend")
+        if isinstance(backend, ShimBackend):
+            monkeypatch.setattr(cnnx.losses, "backend_of", lambda array: backend)
 
 
 @pytest.fixture

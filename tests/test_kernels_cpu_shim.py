@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import numpy
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shim.shim_backend import ShimBackend, build_library, check_arguments, gxx  # noqa: E402
+from shim.shim_backend import ShimBackend, check_arguments, missing_toolchain  # noqa: E402
 
 from cnnx.backends import Backend, Window, kernel_source  # noqa: E402
 
@@ -45,13 +44,6 @@ NVCC = shutil.which("nvcc") or next(
 )
 
 
-def _missing(reason: str):
-    """Skip for lack of a compiler -- but fail where CI promised one (CNNX_REQUIRE_TOOLCHAIN)."""
-    if os.environ.get("CNNX_REQUIRE_TOOLCHAIN", "") not in ("", "0"):
-        pytest.fail(f"{reason} (CNNX_REQUIRE_TOOLCHAIN is set)")
-    pytest.skip(reason)
-
-
 # ------------------------------------------------------------------------- PTX with nvcc
 def _compile_ptx(source: str, arch: str, tmp_path: Path, names: list[str]) -> str:
     """Compile ``source`` to PTX, instantiating each template in ``names`` (like NVRTC's
@@ -71,7 +63,7 @@ def _compile_ptx(source: str, arch: str, tmp_path: Path, names: list[str]) -> st
 @pytest.mark.parametrize("filename", kernel_source.kernel_files())
 def test_kernel_file_compiles_to_ptx(filename, arch, tmp_path):
     if NVCC is None:
-        _missing("nvcc not found: cannot check that the CUDA sources compile")
+        missing_toolchain("nvcc not found: cannot check that the CUDA sources compile")
     kernels = kernel_source.kernels_in(filename)
     names = [kernel_source.name_expression(k, d) for k in kernels for d in DTYPES]
     ptx = _compile_ptx(kernel_source.source_of(filename), arch, tmp_path, names)
@@ -85,21 +77,16 @@ def test_kernel_file_compiles_to_ptx(filename, arch, tmp_path):
 def test_nvcc_check_catches_a_type_error(tmp_path):
     """Negative control: the PTX check above really fails on a broken kernel."""
     if NVCC is None:
-        _missing("nvcc not found")
+        missing_toolchain("nvcc not found")
     broken = kernel_source.source_of("conv.cu").replace("const bool inside", "bool* inside", 1)
     with pytest.raises(pytest.fail.Exception, match="nvcc failed"):
         _compile_ptx(broken, "sm_80", tmp_path, ["im2col<float>"])
 
 
 # ------------------------------------------------------------------------- CPU shim
-@pytest.fixture(scope="module")
-def library(tmp_path_factory):
-    if gxx() is None:
-        _missing("g++ not found: the CPU shim cannot compile the kernels")
-    try:
-        return build_library(tmp_path_factory.mktemp("shim"))
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"g++ failed on the kernel sources:\n{exc.stderr}")
+@pytest.fixture
+def library(shim_library):  # built once per session (conftest.py)
+    return shim_library
 
 
 @pytest.fixture(params=["full-grid", "capped-grid"])
@@ -204,9 +191,14 @@ def test_conv2d_backward_matches_numpy(shim, shape, win, relu):
     y, saved = CPU.conv2d_forward(x, w, b, win, relu)
     dy = _random(y.shape, "float64", seed=33)
     got = shim.conv2d_backward(dy, saved, w, win, relu)
-    for a, ref in zip(got, CPU.conv2d_backward(dy, saved, w, win, relu)):
+    reference = CPU.conv2d_backward(dy, saved, w, win, relu)
+    for a, ref in zip(got, reference):
         numpy.testing.assert_allclose(a, ref, rtol=1e-12, atol=1e-12)
     assert "col2im" in shim.launches
+    shim.launches.clear()  # a first layer: dL/dW and dL/db alone, without dL/dX's col2im
+    for a, ref in zip(shim.conv2d_backward_params(dy, saved, w, win, relu), reference[1:]):
+        numpy.testing.assert_allclose(a, ref, rtol=1e-12, atol=1e-12)
+    assert "col2im" not in shim.launches
 
 
 def test_max_pool_nan_propagates_like_numpy(shim):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnx import Sequential, evaluate, fit, gradcheck, layers, losses, models, optim
+from cnnx.backends.cupy_backend import CupyBackend
 from cnnx.models import seed002_net
 from cnnx.train import train_step
 
@@ -95,11 +96,33 @@ def test_training_steps_move_nothing_between_host_and_device(backend, monkeypatc
         fit(model, losses.SoftmaxCrossEntropy(), optimizer, x, y, epochs=1, batch_size=16)
         per_epoch.append(dict(calls))
     assert per_epoch[0] == per_epoch[1], per_epoch
-    guard = getattr(__import__("cupyx"), "allow_synchronize", None) if backend.name != "cpu" else None
+    guard = getattr(__import__("cupyx"), "allow_synchronize", None) if backend.xp.__name__ == "cupy" else None
     if guard is not None:  # deprecated since CuPy 10: used while CuPy still has it
         xb, yb = backend.asarray(x[:16]), backend.asarray(y[:16])
         with guard(False):  # raises cupyx.DeviceSynchronized when the host waits on the GPU
             train_step(model, losses.SoftmaxCrossEntropy(), optimizer, xb, yb)
+
+
+def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch):
+    """On the CUDA backend every hot path of the reference CNN's step is one of our kernels, in
+    this order: a silent fallback to the pure-xp path (a dtype or layout an op refuses), or
+    work a first layer does not need (its dL/dX), fails here."""
+    if not isinstance(backend, CupyBackend) or not backend.kernels_enabled:
+        pytest.skip(f"{backend.name} runs no CUDA kernels (cuda-shim runs them without a GPU)")
+    launched = []
+    run = backend._run
+    monkeypatch.setattr(backend, "_run", lambda kernel, *args: (launched.append(kernel),
+                                                                 run(kernel, *args)))
+    model = models.build("reference", seed=0).to(backend)
+    x, y = synthetic(16)
+    train_step(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.05, momentum=0.9),
+               backend.asarray(x), backend.asarray(y))
+    conv_relu_pool = ["im2col", "bias_activation", "max_pool_forward"]
+    forward = conv_relu_pool * 2 + ["bias_activation"] * 2  # two dense layers
+    backward = ["softmax_cross_entropy", "relu_backward",  # dense 1568->128's ReLU
+                "max_pool_backward_tiled", "relu_backward", "col2im",  # pool2, conv2
+                "max_pool_backward_tiled", "relu_backward"]  # pool1, conv1 (no dL/dX)
+    assert launched == forward + backward + ["sgd_momentum"] * 8
 
 
 def test_training_is_deterministic_under_a_seed():

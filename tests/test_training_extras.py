@@ -59,6 +59,9 @@ def test_batchnorm2d_with_fused_relu_gradcheck(backend, training, n, c, h, w):
     np.testing.assert_allclose(backend.to_numpy(layer.forward(x)), np.maximum(z, 0), rtol=1e-12,
                                atol=1e-12)
     errors = gradcheck(layer, x)
+    # and away from gradients that are near-cancelling sums (dβ = Σ u·[z > 0] with c = 1 can
+    # be 1e-3 while J is 5): central differences resolve those only to |J|·2⁻⁵²/ε ≈ 1e-9
+    assume(min(float(abs(layer.grads[k]).max()) for k in ("gamma", "beta")) > 1e-2)
     assert max(errors.values()) <= 1e-7, errors
 
 

@@ -214,10 +214,21 @@ class CupyBackend(Backend):
 
     @_kernel_op
     def conv2d_backward(self, dy, saved, w, win: Window, relu: bool):
-        """base.py's im2col form, but dL/db as cuBLAS's ones @ delta: CuPy's ``sum(axis=0)``
-        of the tall (N*Ho*Wo, O) matrix took 7.6 ms at batch 1024 on an H100, this 0.07 ms."""
         if self._kernel_dtype(dy, w) is None:
             return super().conv2d_backward(dy, saved, w, win, relu)
+        return self._conv2d_backward(dy, saved, w, win, relu, input_grad=True)
+
+    @_kernel_op
+    def conv2d_backward_params(self, dy, saved, w, win: Window, relu: bool):
+        """A first layer's (dL/dW, dL/db): no dL/dX product and no col2im."""
+        if self._kernel_dtype(dy, w) is None:
+            return super().conv2d_backward_params(dy, saved, w, win, relu)
+        return self._conv2d_backward(dy, saved, w, win, relu, input_grad=False)[1:]
+
+    def _conv2d_backward(self, dy, saved, w, win: Window, relu: bool, input_grad: bool):
+        """base.py's im2col form, but dL/db as cuBLAS's ones @ delta: CuPy's ``sum(axis=0)``
+        of the tall (N*Ho*Wo, O) matrix took 7.6 ms at batch 1024 on an H100, this 0.07 ms.
+        dL/dX is None when ``input_grad`` is False."""
         col, x_shape, rows = saved
         out = w.shape[0]
         delta = dy.transpose(0, 2, 3, 1).reshape(-1, out)  # rows (n, y, x), one copy
@@ -225,7 +236,9 @@ class CupyBackend(Backend):
             delta = self.relu_backward(delta, rows)
         dw = self.matmul(delta.T, col).reshape(w.shape)
         db = self.matmul(self.xp.ones((1, delta.shape[0]), dtype=delta.dtype), delta)[0]
-        dx = self.col2im(self.matmul(delta, w.reshape(out, -1)), x_shape, win)
+        dx = None
+        if input_grad:
+            dx = self.col2im(self.matmul(delta, w.reshape(out, -1)), x_shape, win)
         return dx, dw, db
 
     # ---------------------------------------------------------------- pooling
