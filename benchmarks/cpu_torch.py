@@ -10,22 +10,28 @@ from torch import nn
 from cnnx import models
 
 
-def reference_model() -> nn.Sequential:
+def reference_model(seed: int | None = 0, dtype: str = "float32") -> nn.Sequential:
     """conv3x3(1→16)–ReLU–pool–conv3x3(16→32)–ReLU–pool–flatten–fc(1568→128)–ReLU–fc(128→10),
-    with the weights cnnx draws for seed 0 (the same arithmetic on both sides)."""
+    with the weights cnnx draws for ``seed`` (the same arithmetic on both sides), or PyTorch's
+    own initialization (from its global generator) when ``seed`` is None."""
     net = nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
-    ours = models.build("reference", seed=0)
-    theirs = [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
-    mine = [layer for layer in ours.layers if layer.params]
+    ).to(getattr(torch, dtype))
+    if seed is None:
+        return net
+    ours = models.build("reference", seed=seed, dtype=dtype)
     with torch.no_grad():
-        for t, c in zip(theirs, mine):
+        for t, c in zip(weighted(net), [layer for layer in ours.layers if layer.params]):
             t.weight.copy_(torch.from_numpy(numpy.asarray(c.params["W"])))
             t.bias.copy_(torch.from_numpy(numpy.asarray(c.params["b"])))
     return net
+
+
+def weighted(net: nn.Sequential) -> list:
+    """The layers of ``net`` that hold weights, in order (those of cnnx's model, one to one)."""
+    return [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def as_torch(batches) -> list:
