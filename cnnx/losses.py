@@ -24,7 +24,7 @@ class Loss:
     def _setup(self, pred, target):
         """Validate ``pred`` and bring ``target`` onto pred's backend; returns (backend, target)."""
         backend = backend_of(pred)
-        if str(pred.dtype) not in ("float32", "float64"):
+        if pred.dtype not in ("float32", "float64"):  # no str(): 2 µs a call
             raise ValueError(f"{self.name}: predictions must be float32 or float64, got {pred.dtype}")
         if pred.ndim < 1 or pred.shape[0] == 0:
             raise ValueError(f"{self.name}: expected a non-empty batch, got shape {tuple(pred.shape)}")
