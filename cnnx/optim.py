@@ -92,26 +92,16 @@ class Adam(Optimizer):
         self.steps = 0
 
     def step(self) -> None:
-        xp = self.model.backend.xp
+        backend = self.model.backend
         self.steps += 1
-        b1, b2 = self.betas
-        correction1, correction2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
         for name, layer, key in self.model.parameters():
-            param, grad = layer.params[key], layer.grads[key]
-            if self.weight_decay and not self.decoupled:
-                grad = grad + self.weight_decay * param
+            param = layer.params[key]
             if name + ".m" not in self.state:
-                self.state[name + ".m"] = xp.zeros_like(param)
-                self.state[name + ".v"] = xp.zeros_like(param)
-            m, v = self.state[name + ".m"], self.state[name + ".v"]
-            m *= b1
-            m += (1 - b1) * grad
-            v *= b2
-            v += (1 - b2) * grad * grad
-            update = (m / correction1) / (xp.sqrt(v / correction2) + self.eps)
-            if self.weight_decay and self.decoupled:
-                update += self.weight_decay * param
-            param -= self.lr * update
+                self.state[name + ".m"] = backend.xp.zeros_like(param)
+                self.state[name + ".v"] = backend.xp.zeros_like(param)
+            backend.adam_update(param, layer.grads[key], self.state[name + ".m"],
+                                self.state[name + ".v"], self.lr, self.betas, self.eps,
+                                self.weight_decay, self.decoupled, self.steps)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "steps": self.steps}

@@ -245,6 +245,34 @@ def test_sgd_update_lets_no_velocity_decay_into_subnormals():
     assert (v == 0).all()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("decay, decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+@pytest.mark.parametrize("size", [10, 5000, (700, 150)])
+def test_adam_update_is_the_default_rule_exactly(mode, decay, decoupled, size, dtype):
+    rng = np.random.default_rng(9)
+    w, m = (rng.standard_normal(size).astype(dtype) for _ in range(2))
+    v = rng.random(size).astype(dtype)
+    w0, m0, v0 = w.copy(), m.copy(), v.copy()
+    for step in (1, 2, 7):
+        g = rng.standard_normal(size).astype(dtype).T.copy().T  # any layout of the gradient
+        args = (2e-3, (0.9, 0.999), 1e-8, decay, decoupled, step)
+        CPU.adam_update(w, g, m, v, *args)
+        Backend.adam_update(CPU, w0, g, m0, v0, *args)
+    for ours, default in ((w, w0), (m, m0), (v, v0)):
+        np.testing.assert_array_equal(ours, default)
+
+
+def test_adam_update_lets_no_first_moment_decay_into_subnormals():
+    size = numpy_backend.LARGE_ADAM_PARAMETER
+    w, v = np.ones(size, "float32"), np.ones(size, "float32")
+    m = np.full(size, 1e-36, "float32")
+    for step in range(1, 101):  # a zero gradient: m shrinks by 0.9 a step
+        CPU.adam_update(w, np.zeros(size, "float32"), m, v, 1e-3, (0.9, 0.999), 1e-8, 0.0,
+                        False, step)
+        assert not ((m != 0) & (np.abs(m) < np.finfo("float32").tiny)).any()
+    assert (m == 0).all()
+
+
 # ----------------------------------------------------------------------------- threads
 def test_parallel_covers_the_range_in_order_and_raises_piece_errors(mode):
     got = cpu_threads.parallel(lambda a, b: list(range(a, b)), 10, 1 << 30)

@@ -111,6 +111,22 @@ def test_sgd_update_matches(momentum, weight_decay, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_update_matches(weight_decay, decoupled, dtype):
+    w, w_ref = _random((128, 1568), dtype, 10), _random((128, 1568), dtype, 10)
+    m, v = cupy.zeros_like(w), cupy.zeros_like(w)
+    m_ref, v_ref = m.copy(), v.copy()
+    for step in range(1, 4):
+        g = _random(w.shape, dtype, 11 + step)
+        args = (1e-3, (0.9, 0.999), 1e-8, weight_decay, decoupled, step)
+        KERNELS.adam_update(w, g, m, v, *args)
+        PURE.adam_update(w_ref, g, m_ref, v_ref, *args)
+    for ours, reference in ((w, w_ref), (m, m_ref), (v, v_ref)):
+        _close(ours, reference, dtype)
+    assert _ran("adam_update", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,win", WINDOW_CASES[:2] + WINDOW_CASES[3:5], ids=IDS[:2] + IDS[3:5])
 def test_conv2d_pair_matches(shape, win, dtype):
     x = _random(shape, dtype, 20)

@@ -265,6 +265,24 @@ def test_sgd_update_matches_numpy(shim, momentum, weight_decay, dtype):
     assert shim.launches == ["sgd_momentum" if momentum else "sgd_plain"] * 3
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_update_matches_numpy(shim, weight_decay, decoupled, dtype):
+    shape = (33, 7)
+    w, w_ref = _random(shape, dtype, seed=40), _random(shape, dtype, seed=40)
+    m, v = numpy.zeros(shape, dtype), numpy.zeros(shape, dtype)
+    m_ref, v_ref = m.copy(), v.copy()
+    for step in range(1, 5):
+        g = _random(shape, dtype, seed=40 + step)
+        g[0, :3] = 0  # a unit with no gradient: its m and v only decay
+        args = (1e-3, (0.9, 0.999), 1e-8, weight_decay, decoupled, step)
+        shim.adam_update(w, g, m, v, *args)
+        CPU.adam_update(w_ref, g, m_ref, v_ref, *args)
+    for ours, reference in ((w, w_ref), (m, m_ref), (v, v_ref)):
+        numpy.testing.assert_array_equal(ours, reference)
+    assert shim.launches == ["adam_update"] * 4
+
+
 # ------------------------------------------------------------------------- fallbacks and checks
 def test_kernels_off_uses_base_path(library):
     off = ShimBackend(library)

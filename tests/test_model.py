@@ -103,7 +103,8 @@ def test_training_steps_move_nothing_between_host_and_device(backend, monkeypatc
             train_step(model, losses.SoftmaxCrossEntropy(), optimizer, xb, yb)
 
 
-def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam_update"])
+def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch, optimizer):
     """On the CUDA backend every hot path of the reference CNN's step is one of our kernels, in
     this order: a silent fallback to the pure-xp path (a dtype or layout an op refuses), or
     work a first layer does not need (its dL/dX), fails here."""
@@ -115,14 +116,15 @@ def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch):
                                                                  run(kernel, *args)))
     model = models.build("reference", seed=0).to(backend)
     x, y = synthetic(16)
-    train_step(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.05, momentum=0.9),
-               backend.asarray(x), backend.asarray(y))
+    update = (optim.SGD(model, lr=0.05, momentum=0.9) if optimizer == "sgd_momentum" else
+              optim.Adam(model, weight_decay=1e-4))
+    train_step(model, losses.SoftmaxCrossEntropy(), update, backend.asarray(x), backend.asarray(y))
     conv_relu_pool = ["im2col", "bias_activation", "max_pool_forward"]
     forward = conv_relu_pool * 2 + ["bias_activation"] * 2  # two dense layers
     backward = ["softmax_cross_entropy", "relu_backward",  # dense 1568->128's ReLU
                 "max_pool_backward_tiled", "relu_backward", "col2im",  # pool2, conv2
                 "max_pool_backward_tiled", "relu_backward"]  # pool1, conv1 (no dL/dX)
-    assert launched == forward + backward + ["sgd_momentum"] * 8
+    assert launched == forward + backward + [optimizer] * 8  # one launch per parameter
 
 
 def test_training_is_deterministic_under_a_seed():

@@ -311,3 +311,26 @@ class Backend:
         velocity *= momentum
         velocity += g
         param -= lr * velocity
+
+    def adam_update(self, param, grad, m, v, lr: float, betas: tuple, eps: float,
+                    weight_decay: float, decoupled: bool, step: int):
+        """In place, Adam's step ``step`` (1, 2, ...) with L2 or decoupled (AdamW) decay:
+
+            g' = g + λ·w (L2 only);   m = β1·m + (1-β1)·g';   v = β2·v + (1-β2)·g'·g'
+            w -= lr·[ (m / (1-β1^t)) / (sqrt(v / (1-β2^t)) + ε)  (+ λ·w if decoupled) ]
+
+        PyTorch's Adam and AdamW, so runs can be compared step for step.
+        """
+        xp = self.xp
+        b1, b2 = betas
+        correction1, correction2 = 1 - b1 ** step, 1 - b2 ** step
+        if weight_decay and not decoupled:
+            grad = grad + weight_decay * param
+        m *= b1
+        m += (1 - b1) * grad
+        v *= b2
+        v += (1 - b2) * grad * grad
+        update = (m / correction1) / (xp.sqrt(v / correction2) + eps)
+        if weight_decay and decoupled:
+            update += weight_decay * param
+        param -= lr * update

@@ -32,6 +32,7 @@ KERNEL_FILES = {
     "relu_backward": "pointwise.cu",
     "sgd_momentum": "pointwise.cu",
     "sgd_plain": "pointwise.cu",
+    "adam_update": "pointwise.cu",
     "softmax_cross_entropy": "loss.cu",
 }
 

@@ -30,12 +30,14 @@ __device__ __forceinline__ long long last_window(long long p, long long s, long 
     return p / s < n - 1 ? p / s : n - 1;
 }
 
-// exp and log for the two float types. Overloads, so templates pick the right one;
+// exp, log and sqrt for the two float types. Overloads, so templates pick the right one;
 // NVRTC provides expf/exp/logf/log as built-ins.
 __device__ __forceinline__ float exp_of(float v) { return expf(v); }
 __device__ __forceinline__ double exp_of(double v) { return exp(v); }
 __device__ __forceinline__ float log_of(float v) { return logf(v); }
 __device__ __forceinline__ double log_of(double v) { return log(v); }
+__device__ __forceinline__ float sqrt_of(float v) { return sqrtf(v); }
+__device__ __forceinline__ double sqrt_of(double v) { return sqrt(v); }
 
 // -infinity and NaN from their IEEE 754 bit patterns. Not as -1/0 or 0/0: NVVM does not fold a
 // division by zero, so that would be a real (slow-path) division on every use.

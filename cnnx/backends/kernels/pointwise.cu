@@ -44,3 +44,28 @@ __global__ void sgd_plain(T* w, const T* g, T lr, T wd, long long total)
         w[t] -= lr * grad;
     }
 }
+
+// Adam, in place, with L2 (decoupled == 0) or decoupled (AdamW) weight decay, in base.py's
+// order of operations (so the CPU shim equals NumPy bit for bit):
+//   g' = g + wd*w (L2 only);   m = b1*m + (1-b1)*g';   v = b2*v + (1-b2)*g'*g'
+//   w -= lr * [ (m / c1) / (sqrt(v / c2) + eps)  (+ wd*w if decoupled) ]
+// The host passes 1-b1 and 1-b2 rounded from double, as NumPy's scalars are, and the bias
+// corrections c1 = 1 - b1^t, c2 = 1 - b2^t of step t.
+template <typename T>
+__global__ void adam_update(T* w, const T* g, T* m, T* v, T lr, T b1, T one_minus_b1, T b2,
+                            T one_minus_b2, T eps, T wd, int decoupled, T c1, T c2,
+                            long long total)
+{
+    for (long long t = first_index(); t < total; t += grid_stride()) {
+        const T grad = (wd != T(0) && !decoupled) ? g[t] + wd * w[t] : g[t];
+        const T mean = b1 * m[t] + one_minus_b1 * grad;
+        const T square = b2 * v[t] + one_minus_b2 * grad * grad;
+        m[t] = mean;
+        v[t] = square;
+        T update = (mean / c1) / (sqrt_of(square / c2) + eps);
+        if (wd != T(0) && decoupled) {
+            update = update + wd * w[t];
+        }
+        w[t] -= lr * update;
+    }
+}
