@@ -20,8 +20,8 @@ from .cpu_threads import parallel
 #: parameters with at least this many numbers get the threaded, subnormal-free SGD update
 LARGE_PARAMETER = 4096
 #: ... and the threaded, subnormal-free Adam update: below it base.py's update was faster
-#: (measured per call, float32: 37k numbers 93 us against 76 us, 74k 193 / 154, 147k 305 / 359,
-#: 201k 381 / 553, 401k 717 / 1,619; BENCHMARKS.md, CPU log)
+#: (threaded against base.py's, per call, float32: 37k numbers 186 / 77 us, 74k 201 / 154,
+#: 147k 305 / 359, 201k 381 / 553, 401k 717 / 1,619; BENCHMARKS.md, CPU log)
 LARGE_ADAM_PARAMETER = 100_000
 
 
@@ -85,7 +85,7 @@ class NumpyBackend(Backend):
         """base.py's Adam, the same operations in the same order, over pieces of a large
         parameter on the CPU threads. m, which decays by β1 a step where the gradient is 0
         (a dead ReLU unit's weights), is kept free of subnormals (``flush_subnormals``): with
-        20% of m subnormal, base.py's update of 200k numbers took 3.3 ms instead of 0.48."""
+        20% of m subnormal, base.py's update of 200k numbers took 3.4 ms instead of 0.49."""
         arrays = (param, m, v)
         if param.size < LARGE_ADAM_PARAMETER or not all(a.flags.c_contiguous for a in arrays):
             super().adam_update(param, grad, m, v, lr, betas, eps, weight_decay, decoupled, step)
