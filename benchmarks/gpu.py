@@ -138,6 +138,7 @@ def op_cases(batch: int):
     dyp = r(*y1.shape)
     logits, labels = r(batch, 10), rng.integers(0, 10, batch)
     w, g, v = r(128, 1568), r(128, 1568), r(128, 1568)
+    m, s = r(128, 1568), cupy.abs(r(128, 1568))  # Adam's moments (s: second, non-negative)
     shape = f"({batch},16,28,28) k2s2"
     w2, b2 = r(32, 16, 3, 3), r(32)
     pure = get_backend("cuda", kernels=False)
@@ -159,6 +160,8 @@ def op_cases(batch: int):
         ("avg-pool backward", shape, lambda b: b.avg_pool_backward(dyp, p1.shape, POOL)),
         ("softmax CE fwd+grad", f"({batch},10)", lambda b: b.softmax_cross_entropy(logits, labels)),
         ("SGD momentum update", "(128,1568)", lambda b: b.sgd_update(w, g, v, 0.01, 0.9, 0.0)),
+        ("Adam update", "(128,1568)",
+         lambda b: b.adam_update(w, g, m, s, 1e-3, (0.9, 0.999), 1e-8, 0.0, False, 10)),
     ]
 
 
