@@ -1,18 +1,27 @@
 """Losses: ``forward(pred, target) -> scalar`` (mean reduction, as PyTorch), ``backward() -> dpred``.
 
-The scalar is a 0-d array of the prediction's backend (no host copy); ``float(loss)`` reads it.
+The scalar is a 0-d array of the loss's backend (no host copy); ``float(loss)`` reads it.
+A loss computes on the backend it was moved to with ``.to(device)`` (``fit``, ``evaluate`` and
+``train_step`` move it to the model's), else on the backend whose arrays the predictions are.
 """
 
 from __future__ import annotations
 
 from . import config
-from .backends import backend_of
+from .backends import backend_of, get_backend
 from .layers.activation import sigmoid
 
 
 class Loss:
     def __init__(self):
         self._cache = None
+        self.backend = None  # set by .to(); None: found from the predictions' array type
+
+    def to(self, device) -> "Loss":
+        """Compute on ``device``'s backend; returns self. Needed where one device has two
+        backends (the CUDA backend with kernels on and off): an array cannot tell them apart."""
+        self.backend = get_backend(device)
+        return self
 
     @property
     def name(self) -> str:
@@ -23,7 +32,11 @@ class Loss:
 
     def _setup(self, pred, target):
         """Validate ``pred`` and bring ``target`` onto pred's backend; returns (backend, target)."""
-        backend = backend_of(pred)
+        backend = backend_of(pred) if self.backend is None else self.backend
+        if not backend.owns(pred):
+            raise ValueError(f"{self.name}: predictions are a {type(pred).__module__}."
+                             f"{type(pred).__name__}, but the loss is on {backend.name}; move "
+                             f"the loss with .to() or the predictions with backend.asarray")
         if pred.dtype not in ("float32", "float64"):  # no str(): 2 µs a call
             raise ValueError(f"{self.name}: predictions must be float32 or float64, got {pred.dtype}")
         if pred.ndim < 1 or pred.shape[0] == 0:

@@ -60,6 +60,8 @@ def prepare(model, x, y, name: str = "data"):
 
 def train_step(model, loss, optimizer, xb, yb):
     """One SGD step: forward, loss, backward, update. Returns (loss 0-d array, logits)."""
+    if loss.backend is not model.backend:
+        loss.to(model.backend)
     logits = model.forward(xb)
     value = loss.forward(logits, yb)
     model.backward(loss.backward(), input_grad=False)
@@ -86,6 +88,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     x, y = prepare(model, x, y, "training data")
+    loss.to(model.backend)
     if validation is not None:
         validation = prepare(model, *validation, name="validation data")
     _check_targets(model, loss, x[:1], y)
@@ -191,6 +194,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     (or None for regression losses)."""
     backend = model.backend
     x, y = prepare(model, x, y, "evaluation data")
+    loss.to(backend)
     total_loss = total_correct = 0
     predictions = []
     model.eval()

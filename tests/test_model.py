@@ -127,6 +127,24 @@ def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch, optimizer):
     assert launched == forward + backward + [optimizer] * 8  # one launch per parameter
 
 
+def test_a_loss_computes_on_the_model_backend_not_on_the_array_type(shim_library):
+    """The CUDA backend with kernels on and the one with kernels off both hold CuPy arrays, as
+    the CPU backend and the shim both hold NumPy arrays: only the model knows which is meant.
+    (benchmarks/gpu.py's kernels-off step once ran its loss through the kernels backend.)"""
+    from shim.shim_backend import ShimBackend
+
+    shim = ShimBackend(shim_library)
+    model = models.build("reference", seed=0).to(shim)
+    loss = losses.SoftmaxCrossEntropy()
+    x, y = synthetic(16)
+    train_step(model, loss, optim.SGD(model, lr=0.05), shim.asarray(x), shim.asarray(y))
+    assert shim.launches.count("softmax_cross_entropy") == 1
+    evaluate(model, losses.SoftmaxCrossEntropy(), x, y)
+    assert shim.launches.count("softmax_cross_entropy") == 2
+    with pytest.raises(ValueError, match="predictions are a builtins.list, but the loss is on cpu"):
+        losses.MSE().to("cpu").forward([[1.0]], [[0.0]])
+
+
 def test_training_is_deterministic_under_a_seed():
     x, y = synthetic(96)
     runs = []
