@@ -114,6 +114,8 @@ def _model_objective(target, x, y, loss, rng):
             return (target.forward(x) * weights).sum()
         upstream = weights
     else:
+        loss.to(target.backend)  # as fit does: the model's backend, not the array type's
+
         def objective():
             return loss.forward(target.forward(x), y)
         objective()

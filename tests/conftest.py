@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-import cnnx.losses
 from cnnx.backends import available_backends, get_backend
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,17 +45,6 @@ def backend(request):
     if request.param == "cuda-shim":
         return ShimBackend(request.getfixturevalue("shim_library"))
     return get_backend(request.param)
-
-
-@pytest.fixture(autouse=True)
-def losses_find_the_shim(request, monkeypatch):
-    """A loss finds its backend from the prediction's array type (``backend_of``): CuPy arrays
-    lead to the CUDA backend, but NumPy arrays to the CPU one. Under "cuda-shim" they lead to
-    the shim, so the loss runs the CUDA backend's code (its softmax cross-entropy kernel)."""
-    if "backend" in request.fixturenames:
-        backend = request.getfixturevalue("backend")
-        if isinstance(backend, ShimBackend):
-            monkeypatch.setattr(cnnx.losses, "backend_of", lambda array: backend)
 
 
 @pytest.fixture

@@ -42,16 +42,16 @@ def test_non_finite_input(backend, bad):
 @pytest.mark.parametrize("labels", [[0, 10], [-1, 3]])
 def test_labels_out_of_range(backend, labels):
     with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy: labels must lie in \[0, 10\)"):
-        losses.SoftmaxCrossEntropy().forward(_x(backend, (2, 10)), backend.asarray(np.array(labels)))
+        losses.SoftmaxCrossEntropy().to(backend).forward(_x(backend, (2, 10)), backend.asarray(np.array(labels)))
 
 
 def test_loss_shape_mismatches(backend):
     with pytest.raises(ValueError, match="SoftmaxCrossEntropy: 3 labels for a batch of 2"):
-        losses.SoftmaxCrossEntropy().forward(_x(backend, (2, 10)), backend.asarray(np.array([1, 2, 3])))
+        losses.SoftmaxCrossEntropy().to(backend).forward(_x(backend, (2, 10)), backend.asarray(np.array([1, 2, 3])))
     with pytest.raises(ValueError, match=r"MSE: target shape \(2, 3\) does not match predictions \(2, 4\)"):
-        losses.MSE().forward(_x(backend, (2, 4)), _x(backend, (2, 3)))
+        losses.MSE().to(backend).forward(_x(backend, (2, 4)), _x(backend, (2, 3)))
     with pytest.raises(ValueError, match=r"BinaryCrossEntropy: targets must lie in \[0, 1\]"):
-        losses.BinaryCrossEntropy().forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
+        losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
 
 def test_backward_before_forward():

@@ -102,7 +102,7 @@ def test_softmax_cross_entropy(backend, n, k, one_hot):
     logits = backend.asarray(rng.standard_normal((n, k)) * 2)
     labels = rng.integers(0, k, n)
     target = np.eye(k)[labels] if one_hot else labels
-    _assert_small(gradcheck(losses.SoftmaxCrossEntropy(), logits, backend.asarray(target)))
+    _assert_small(gradcheck(losses.SoftmaxCrossEntropy().to(backend), logits, backend.asarray(target)))
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
@@ -110,14 +110,14 @@ def test_binary_cross_entropy(backend, shape):
     rng = np.random.default_rng(6)
     logits = backend.asarray(rng.standard_normal(shape) * 3)
     target = backend.asarray(rng.random(shape))  # soft targets are allowed too
-    _assert_small(gradcheck(losses.BinaryCrossEntropy(), logits, target))
+    _assert_small(gradcheck(losses.BinaryCrossEntropy().to(backend), logits, target))
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
 def test_mse(backend, shape):
     rng = np.random.default_rng(7)
     pred = backend.asarray(rng.standard_normal(shape))
-    _assert_small(gradcheck(losses.MSE(), pred, backend.asarray(rng.standard_normal(shape))))
+    _assert_small(gradcheck(losses.MSE().to(backend), pred, backend.asarray(rng.standard_normal(shape))))
 
 
 def test_gradcheck_catches_a_wrong_gradient(backend):

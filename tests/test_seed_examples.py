@@ -76,7 +76,7 @@ def test_shape_chain_39_37_17_7():
 
 def test_softmax_cross_entropy_gradient_is_p_minus_y(backend):
     z = np.array([[2.0, -1.0, 0.5]])
-    loss = losses.SoftmaxCrossEntropy()
+    loss = losses.SoftmaxCrossEntropy().to(backend)
     loss.forward(backend.asarray(z), backend.asarray(np.array([2])))
     p = np.exp(z) / np.exp(z).sum()
     np.testing.assert_allclose(backend.to_numpy(loss.backward()), p - [[0, 0, 1]], rtol=1e-14)
@@ -84,7 +84,7 @@ def test_softmax_cross_entropy_gradient_is_p_minus_y(backend):
 
 def test_sigmoid_binary_cross_entropy_gradient_is_a_minus_y(backend):
     z = np.array([[0.7]])
-    loss = losses.BinaryCrossEntropy()
+    loss = losses.BinaryCrossEntropy().to(backend)
     value = float(loss.forward(backend.asarray(z), backend.asarray(np.array([[1.0]]))))
     a = 1 / (1 + np.exp(-0.7))
     assert value == pytest.approx(-np.log(a), rel=1e-14)
