@@ -142,10 +142,13 @@ def cnnx():
               help="Run directory  [default: runs/<timestamp>]")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), metavar="DIR",
               help="Continue the run in DIR from its last checkpoint.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Replay each training step from a CUDA graph: one launch per step instead "
+              "of ~40 (CUDA only; not with dropout).")
 @click.option("--quiet", is_flag=True, help="Print only the device and the final results.")
 @debug_option
 @click.pass_context
-def train(ctx, device, out, resume, quiet, **options):
+def train(ctx, device, out, resume, quiet, cuda_graph, **options):
     """Train a model on a dataset.
 
     Writes metrics.jsonl, result.json, checkpoint.npz, best.npz and (with matplotlib)
@@ -162,7 +165,7 @@ def train(ctx, device, out, resume, quiet, **options):
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),
-                           listener=ConsoleListener(quiet))
+                           listener=ConsoleListener(quiet), cuda_graph=cuda_graph)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the last checkpoint is intact: continue with "
                                    f"cnnx train --resume {out}") from None

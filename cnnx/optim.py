@@ -11,8 +11,20 @@ class Optimizer:
         self.lr = float(lr)
         self.state: dict = {}  # per-parameter buffers, keyed by parameter name
 
-    def step(self) -> None:
+    def step(self, scalars=None) -> None:
+        """Update every parameter from its gradient. ``scalars``: a device array holding
+        ``graph_scalars()``, read when the update runs instead of when it is issued (a CUDA
+        graph replays the step without running this Python again: cnnx/graph.py); the caller
+        then counts the step with ``count_step()``."""
         raise NotImplementedError
+
+    def graph_scalars(self) -> list:
+        """The numbers of the next step that may change from step to step (the learning rate
+        under a schedule, Adam's bias corrections): what ``step(scalars)`` reads."""
+        return [self.lr]
+
+    def count_step(self) -> None:
+        """Account for a step made with ``step(scalars)`` (or replayed from a graph)."""
 
     def state_dict(self) -> dict:
         """Host (NumPy) copies of the buffers plus the hyper-parameters, for checkpoints."""
@@ -46,7 +58,7 @@ class SGD(Optimizer):
         self.weight_decay = float(weight_decay)
         self.nesterov = bool(nesterov)
 
-    def step(self) -> None:
+    def step(self, scalars=None) -> None:
         backend = self.model.backend
         for name, layer, key in self.model.parameters():
             param = layer.params[key]
@@ -55,18 +67,23 @@ class SGD(Optimizer):
                 velocity = self.state.get(name)
                 if velocity is None:
                     velocity = self.state[name] = backend.xp.zeros_like(param)
+            grad = layer.grads[key]
             if self.nesterov:
-                self._nesterov_update(param, layer.grads[key], velocity)
-            else:
-                backend.sgd_update(param, layer.grads[key], velocity, self.lr, self.momentum,
+                self._nesterov_update(param, grad, velocity,
+                                      self.lr if scalars is None else scalars[0])
+            elif scalars is None:
+                backend.sgd_update(param, grad, velocity, self.lr, self.momentum,
                                    self.weight_decay)
+            else:
+                backend.sgd_update_device_scalars(param, grad, velocity, scalars, self.momentum,
+                                                  self.weight_decay)
 
-    def _nesterov_update(self, param, grad, velocity):
+    def _nesterov_update(self, param, grad, velocity, lr):
         """Nesterov momentum (PyTorch's form): v ← μ v + g;  w ← w - η (g + μ v)."""
         g = grad + self.weight_decay * param if self.weight_decay else grad
         velocity *= self.momentum
         velocity += g
-        param -= self.lr * (g + self.momentum * velocity)
+        param -= lr * (g + self.momentum * velocity)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "momentum": self.momentum,
@@ -91,17 +108,31 @@ class Adam(Optimizer):
         self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
         self.steps = 0
 
-    def step(self) -> None:
+    def step(self, scalars=None) -> None:
         backend = self.model.backend
-        self.steps += 1
+        if scalars is None:
+            self.steps += 1
         for name, layer, key in self.model.parameters():
             param = layer.params[key]
             if name + ".m" not in self.state:
                 self.state[name + ".m"] = backend.xp.zeros_like(param)
                 self.state[name + ".v"] = backend.xp.zeros_like(param)
-            backend.adam_update(param, layer.grads[key], self.state[name + ".m"],
-                                self.state[name + ".v"], self.lr, self.betas, self.eps,
-                                self.weight_decay, self.decoupled, self.steps)
+            m, v = self.state[name + ".m"], self.state[name + ".v"]
+            if scalars is None:
+                backend.adam_update(param, layer.grads[key], m, v, self.lr, self.betas,
+                                    self.eps, self.weight_decay, self.decoupled, self.steps)
+            else:
+                backend.adam_update_device_scalars(param, layer.grads[key], m, v, scalars,
+                                                   self.betas, self.eps, self.weight_decay,
+                                                   self.decoupled)
+
+    def graph_scalars(self) -> list:
+        """[lr, 1-β1^t, 1-β2^t] for the next step t."""
+        t = self.steps + 1
+        return [self.lr, 1 - self.betas[0] ** t, 1 - self.betas[1] ** t]
+
+    def count_step(self) -> None:
+        self.steps += 1
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "steps": self.steps}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import checkpoint, data, models, report
 from .backends import get_backend
+from .graph import check_replayable
 from .layers.base import DTYPES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
@@ -147,10 +148,12 @@ def default_out() -> Path:
 
 
 def train(options: dict, out=None, device: str = "auto", resume: bool = False,
-          listener: Listener | None = None) -> dict:
+          listener: Listener | None = None, cuda_graph: bool = False) -> dict:
     """Run (or, with ``resume``, continue) a training run in ``out``; returns result.json's dict.
 
     ``options``: TrainConfig fields given explicitly (on resume they override the saved ones).
+    ``cuda_graph``: replay the training steps from a CUDA graph (how it runs, not what it
+    computes, so it is not part of the saved config).
     """
     listener = listener or Listener()
     out = Path(out) if out is not None else default_out()
@@ -162,11 +165,14 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
     backend = get_backend(device)
     prep = prepare_data(cfg, log=listener.message)
     model = _model_for(cfg, prep.dataset, ck, explicit_model="model" in options).to(backend)
+    if cuda_graph:
+        check_replayable(model)  # before anything is written
     optimizer = make_optimizer(cfg, model)
-    session = Session(cfg, model, optimizer, prep, out, listener, backend.name)
+    session = Session(cfg, model, optimizer, prep, out, listener, backend.name, cuda_graph)
     if ck is not None:
         session.restore(ck)
-    listener.message(report.device_line(device, backend))
+    listener.message(report.device_line(device, backend)
+                     + (", training steps replayed from a CUDA graph" if cuda_graph else ""))
     listener.message(f"training {cfg.model} on {prep.dataset.name} ({prep.dataset.source}): "
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
                      f"validation / {len(prep.test[1])} test images; writing to {out}")

@@ -21,9 +21,11 @@ TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the 
 
 
 class Session:
-    def __init__(self, cfg, model, optimizer, prep, out: Path, listener, device: str):
+    def __init__(self, cfg, model, optimizer, prep, out: Path, listener, device: str,
+                 cuda_graph: bool = False):
         self.cfg, self.model, self.optimizer, self.prep = cfg, model, optimizer, prep
         self.out, self.listener, self.device = Path(out), listener, device
+        self.cuda_graph = cuda_graph
         self.loss = SoftmaxCrossEntropy()
         self.n = len(prep.train[1])
         self.steps = len(batch_slices(self.n, cfg.batch_size, drop_last=False))
@@ -70,7 +72,7 @@ class Session:
         fit(self.model, self.loss, self.optimizer, *self.prep.train, epochs=self.cfg.epochs,
             batch_size=self.cfg.batch_size, validation=self.prep.val, seed=self.cfg.seed,
             start_epoch=epoch, start_step=step, on_batch=self.on_batch, on_epoch=self.on_epoch,
-            augment=self.augment, schedule=self.schedule)
+            augment=self.augment, schedule=self.schedule, cuda_graph=self.cuda_graph)
 
     def _partial_now(self) -> dict:
         return {"loss_sum": self._scalar(self.loss_sum), "correct": int(self._scalar(self.correct)),
@@ -163,7 +165,7 @@ class Session:
         result = {
             "test_accuracy": test["accuracy"], "test_loss": test["loss"],
             "epochs": len(self.history), "seconds": sum(r["seconds"] for r in self.history),
-            "device": self.device, "parameters": self.model.num_parameters(),
+            "device": self.device, "cuda_graph": self.cuda_graph, "parameters": self.model.num_parameters(),
             "dataset": self.prep.dataset.name, "dataset_source": self.prep.dataset.source,
             "best_epoch": self.best["epoch"] if self.best else None,
             "diagnosis": diagnosis, "config": dataclasses.asdict(self.cfg), "out": str(self.out),

@@ -7,6 +7,7 @@ resumed at (epoch, step) replays exactly the batches an uninterrupted run would 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 from . import config
 from .backends import make_rng
@@ -72,7 +73,7 @@ def train_step(model, loss, optimizer, xb, yb):
 def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, validation=None,
         seed: int = 0, shuffle: bool = True, drop_last: bool = False, start_epoch: int = 0,
         start_step: int = 0, on_batch=None, on_epoch=None, augment=None, schedule=None,
-        patience: int | None = None):
+        patience: int | None = None, cuda_graph: bool = False):
     """Train ``model`` and return the history: one dict per epoch with ``epoch, train_loss,
     train_accuracy, val_loss, val_accuracy, images_per_second, seconds``.
 
@@ -84,6 +85,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     ``schedule(progress_in_epochs) -> lr`` sets the optimizer's rate before every step.
     ``patience``: stop when the validation loss has not improved for that many epochs
     (early stopping; the caller keeps the best checkpoint, e.g. from ``on_epoch``).
+    ``cuda_graph``: replay each full-size step from a CUDA graph (cnnx/graph.py; CUDA only).
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -94,22 +96,33 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     _check_targets(model, loss, x[:1], y)
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
-    for epoch in range(start_epoch, epochs):
-        plan = augment.plan(x.shape[0], make_rng((seed, epoch, 1)), model.backend) if augment else None
-        record = _run_epoch(model, loss, optimizer, (x, y), slices, (seed, epoch, shuffle),
-                            start_step if epoch == start_epoch else 0, on_batch,
-                            (augment, plan), schedule)
-        if validation is not None:
-            val = evaluate(model, loss, *validation, batch_size=max(batch_size, 256))
-            record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        else:
-            record.update(val_loss=None, val_accuracy=None)
-        record["lr"] = optimizer.lr
-        history.append(record)
-        if on_epoch is not None and on_epoch(record) == "stop":
-            break
-        if stop_early([r["val_loss"] for r in history], patience):
-            break
+    if cuda_graph:
+        from .graph import GraphedTrainStep
+
+        step = GraphedTrainStep(model, loss, optimizer)
+    else:
+        step = partial(train_step, model, loss, optimizer)
+    try:
+        for epoch in range(start_epoch, epochs):
+            plan = (augment.plan(x.shape[0], make_rng((seed, epoch, 1)), model.backend)
+                    if augment else None)
+            record = _run_epoch(model, loss, optimizer, step, (x, y), slices,
+                                (seed, epoch, shuffle), start_step if epoch == start_epoch else 0,
+                                on_batch, (augment, plan), schedule)
+            if validation is not None:
+                val = evaluate(model, loss, *validation, batch_size=max(batch_size, 256))
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            else:
+                record.update(val_loss=None, val_accuracy=None)
+            record["lr"] = optimizer.lr
+            history.append(record)
+            if on_epoch is not None and on_epoch(record) == "stop":
+                break
+            if stop_early([r["val_loss"] for r in history], patience):
+                break
+    finally:
+        if cuda_graph:
+            step.close()
     return history
 
 
@@ -126,8 +139,8 @@ def stop_early(val_losses, patience: int | None) -> bool:
     return min(val_losses[-patience:]) >= min(val_losses[:-patience])
 
 
-def _run_epoch(model, loss, optimizer, data, slices, when, first_step, on_batch, augmentation,
-               schedule):
+def _run_epoch(model, loss, optimizer, train_one, data, slices, when, first_step, on_batch,
+               augmentation, schedule):
     backend = model.backend
     (x, y), (seed, epoch, shuffle), (augment, plan) = data, when, augmentation
     order = backend.asarray(epoch_order(x.shape[0], seed, epoch, shuffle))
@@ -144,7 +157,7 @@ def _run_epoch(model, loss, optimizer, data, slices, when, first_step, on_batch,
                 xb = augment.apply(xb, [p[start:stop] for p in plan], backend)
             if schedule is not None:
                 optimizer.lr = schedule(epoch + step / len(slices))
-            value, logits = train_step(model, loss, optimizer, xb, yb)
+            value, logits = train_one(xb, yb)
             count = stop - start
             total_loss = total_loss + value * count
             correct = correct_count(logits, yb, loss)

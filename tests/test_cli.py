@@ -229,6 +229,15 @@ def test_bad_train_input_is_one_line(tiny, tmp_path, args, message):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_cuda_graph_off_cuda_is_one_line(tiny, tmp_path):
+    argv = ["train", "--out", str(tmp_path / "out"), "--dataset", str(tiny), "--device", "cpu",
+            "--epochs", "1", "--cuda-graph"]
+    error = one_line_error(invoke(*argv))
+    assert re.search("CUDA graphs need the CUDA backend.*--device cuda.*leave out --cuda-graph",
+                     error)
+    assert not (tmp_path / "out").exists()
+
+
 def test_corrupt_idx_npz_keys_and_shapes(tiny, tmp_path):
     bad = _corrupt_mnist(tmp_path)
     error = one_line_error(invoke(*train_args("mnist", tmp_path / "o", "--data-dir", bad)))

@@ -283,6 +283,51 @@ def test_adam_update_matches_numpy(shim, weight_decay, decoupled, dtype):
     assert shim.launches == ["adam_update"] * 4
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 1e-3), (0.9, 5e-4)])
+def test_sgd_update_with_device_scalars_is_sgd_update(shim, momentum, weight_decay, dtype):
+    """The CUDA-graph form (rate read from a device array) computes what the plain form does,
+    and so does base.py's default for it; the rate changes between steps as under a schedule."""
+    shape = (33, 7)
+    w, w_default, w_ref = (_random(shape, dtype, seed=14) for _ in range(3))
+    v, v_default, v_ref = ((numpy.zeros(shape, dtype) if momentum else None) for _ in range(3))
+    for step, lr in enumerate((0.05, 0.02, 0.01)):
+        g = _random(shape, dtype, seed=20 + step)
+        scalars = numpy.array([lr], dtype)
+        shim.sgd_update_device_scalars(w, g, v, scalars, momentum, weight_decay)
+        Backend.sgd_update_device_scalars(CPU, w_default, g, v_default, scalars, momentum,
+                                          weight_decay)
+        CPU.sgd_update(w_ref, g, v_ref, lr, momentum, weight_decay)
+    for ours in (w, w_default):
+        numpy.testing.assert_array_equal(ours, w_ref)
+    if momentum:
+        numpy.testing.assert_array_equal(v, v_ref)
+    kernel = "sgd_momentum_device_scalars" if momentum else "sgd_plain_device_scalars"
+    assert shim.launches == [kernel] * 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weight_decay,decoupled", [(0.0, False), (1e-2, False), (1e-2, True)])
+def test_adam_update_with_device_scalars_is_adam_update(shim, weight_decay, decoupled, dtype):
+    shape = (33, 7)
+    w, w_default, w_ref = (_random(shape, dtype, seed=40) for _ in range(3))
+    (m, v), (m_d, v_d), (m_ref, v_ref) = ((numpy.zeros(shape, dtype), numpy.zeros(shape, dtype))
+                                          for _ in range(3))
+    betas = (0.9, 0.999)
+    for step in range(1, 5):
+        g = _random(shape, dtype, seed=40 + step)
+        lr = 1e-3 / step
+        scalars = numpy.array([lr, 1 - betas[0] ** step, 1 - betas[1] ** step], dtype)
+        shim.adam_update_device_scalars(w, g, m, v, scalars, betas, 1e-8, weight_decay, decoupled)
+        Backend.adam_update_device_scalars(CPU, w_default, g, m_d, v_d, scalars, betas, 1e-8,
+                                           weight_decay, decoupled)
+        CPU.adam_update(w_ref, g, m_ref, v_ref, lr, betas, 1e-8, weight_decay, decoupled, step)
+    for ours, theirs, reference in ((w, w_default, w_ref), (m, m_d, m_ref), (v, v_d, v_ref)):
+        numpy.testing.assert_array_equal(ours, reference)
+        numpy.testing.assert_array_equal(theirs, reference)
+    assert shim.launches == ["adam_update_device_scalars"] * 4
+
+
 # ------------------------------------------------------------------------- fallbacks and checks
 def test_kernels_off_uses_base_path(library):
     off = ShimBackend(library)

@@ -133,6 +133,16 @@ class Backend:
         threads instead of BLAS's)."""
         return a @ b
 
+    #: whether ``graph_capture`` works here (the CUDA backend)
+    has_cuda_graphs = False
+
+    def graph_capture(self):
+        """What ``cnnx.graph.GraphedTrainStep`` records and replays steps with: CUDA only."""
+        from . import DeviceError
+
+        raise DeviceError(f"CUDA graphs need the CUDA backend, and this is {self.name}: "
+                          "use --device cuda, or leave out --cuda-graph")
+
     def bias_activation(self, z, b, relu: bool):
         """``z + b`` (bias along the last axis of ``z``), then ReLU when ``relu`` is True."""
         y = z + b
@@ -312,6 +322,13 @@ class Backend:
         velocity += g
         param -= lr * velocity
 
+    def sgd_update_device_scalars(self, param, grad, velocity, scalars, momentum: float,
+                                  weight_decay: float):
+        """``sgd_update`` with the rate read from the device array ``scalars = [lr]`` (in the
+        parameter's dtype) when the update runs, not when it is issued: what a CUDA graph
+        replay needs (cnnx/graph.py). The same numbers as ``sgd_update``."""
+        Backend.sgd_update(self, param, grad, velocity, scalars[0], momentum, weight_decay)
+
     def adam_update(self, param, grad, m, v, lr: float, betas: tuple, eps: float,
                     weight_decay: float, decoupled: bool, step: int):
         """In place, Adam's step ``step`` (1, 2, ...) with L2 or decoupled (AdamW) decay:
@@ -321,9 +338,22 @@ class Backend:
 
         PyTorch's Adam and AdamW, so runs can be compared step for step.
         """
+        b1, b2 = betas
+        self._adam(param, grad, m, v, lr, betas, eps, weight_decay, decoupled,
+                   1 - b1 ** step, 1 - b2 ** step)
+
+    def adam_update_device_scalars(self, param, grad, m, v, scalars, betas: tuple, eps: float,
+                                   weight_decay: float, decoupled: bool):
+        """``adam_update`` with the rate and the bias corrections read from the device array
+        ``scalars = [lr, 1-β1^t, 1-β2^t]`` when the update runs (see
+        ``sgd_update_device_scalars``). The same numbers as ``adam_update``."""
+        Backend._adam(self, param, grad, m, v, scalars[0], betas, eps, weight_decay, decoupled,
+                      scalars[1], scalars[2])
+
+    def _adam(self, param, grad, m, v, lr, betas, eps, weight_decay, decoupled, correction1,
+              correction2):
         xp = self.xp
         b1, b2 = betas
-        correction1, correction2 = 1 - b1 ** step, 1 - b2 ** step
         if weight_decay and not decoupled:
             grad = grad + weight_decay * param
         m *= b1

@@ -15,6 +15,7 @@ Every kernel op below follows one pattern:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy
@@ -100,6 +101,31 @@ class CupyBackend(Backend):
         self.kernels_enabled = kernels
         self._modules: dict = {}  # (file, dtype name) -> compiled RawModule, for this device
         self._functions: dict = {}  # (kernel, dtype name) -> RawKernel
+        self._products = None  # a replacement for cuBLAS-through-CuPy (see products_by)
+
+    # ---------------------------------------------------------------- products and graphs
+    def matmul(self, a, b):
+        """``a @ b`` through CuPy (cuBLAS), or through the product ``products_by`` installed."""
+        if self._products is not None:
+            return self._products(a, b)
+        return a @ b
+
+    @contextlib.contextmanager
+    def products_by(self, matmul):
+        """Within the block, ``matmul`` computes every product (CUDA-graph capture needs a
+        cuBLAS handle of its own: cuda_graph.py)."""
+        previous, self._products = self._products, matmul
+        try:
+            yield
+        finally:
+            self._products = previous
+
+    has_cuda_graphs = True
+
+    def graph_capture(self):
+        from .cuda_graph import CudaGraphCapture
+
+        return CudaGraphCapture(self)
 
     def asarray(self, a, dtype=None):
         with self.device:
@@ -321,12 +347,19 @@ class CupyBackend(Backend):
         self._launch("softmax_cross_entropy", dtype, batch, args)
         return row_loss.mean(), grad
 
-    @_kernel_op
-    def sgd_update(self, param, grad, velocity, lr: float, momentum: float, weight_decay: float):
-        written = [param] if velocity is None else [param, velocity]  # updated in place
+    def _update_dtype(self, param, grad, *state):
+        """The kernel dtype for an in-place update of ``param`` and its optimizer ``state``
+        arrays, or None (fall back) when dtypes, shapes or contiguity do not allow it."""
+        written = [param, *state]
         dtype = self._kernel_dtype(grad, *written)
         in_place_ok = all(a.flags.c_contiguous and a.shape == param.shape for a in written)
-        if dtype is None or not in_place_ok or grad.shape != param.shape:
+        return dtype if in_place_ok and grad.shape == param.shape else None
+
+    @_kernel_op
+    def sgd_update(self, param, grad, velocity, lr: float, momentum: float, weight_decay: float):
+        state = [] if velocity is None else [velocity]  # updated in place
+        dtype = self._update_dtype(param, grad, *state)
+        if dtype is None:
             return super().sgd_update(param, grad, velocity, lr, momentum, weight_decay)
         grad = self.xp.ascontiguousarray(grad)
         real = param.dtype.type  # the kernel's T: numpy.float32 or numpy.float64
@@ -339,19 +372,55 @@ class CupyBackend(Backend):
             self._launch("sgd_momentum", dtype, param.size, args)
 
     @_kernel_op
+    def sgd_update_device_scalars(self, param, grad, velocity, scalars, momentum: float,
+                                  weight_decay: float):
+        state = [] if velocity is None else [velocity]
+        dtype = self._update_dtype(param, grad, *state)
+        if dtype is None or scalars.dtype != param.dtype or not scalars.flags.c_contiguous:
+            return super().sgd_update_device_scalars(param, grad, velocity, scalars, momentum,
+                                                     weight_decay)
+        grad = self.xp.ascontiguousarray(grad)
+        real = param.dtype.type
+        if velocity is None:
+            args = (param, grad, scalars, real(weight_decay), _i64(param.size))
+            self._launch("sgd_plain_device_scalars", dtype, param.size, args)
+        else:
+            args = (param, grad, velocity, scalars, real(momentum), real(weight_decay),
+                    _i64(param.size))
+            self._launch("sgd_momentum_device_scalars", dtype, param.size, args)
+
+    @staticmethod
+    def _adam_constants(real, betas, eps, weight_decay, decoupled) -> tuple:
+        """Adam's kernel arguments that stay the same every step, as the kernel's types."""
+        b1, b2 = betas
+        return (real(b1), real(1 - b1), real(b2), real(1 - b2), real(eps), real(weight_decay),
+                numpy.int32(bool(decoupled)))
+
+    @_kernel_op
     def adam_update(self, param, grad, m, v, lr: float, betas: tuple, eps: float,
                     weight_decay: float, decoupled: bool, step: int):
         """One launch per parameter: the pure-xp form takes about 14 (one per operation)."""
-        written = [param, m, v]  # updated in place
-        dtype = self._kernel_dtype(grad, *written)
-        in_place_ok = all(a.flags.c_contiguous and a.shape == param.shape for a in written)
-        if dtype is None or not in_place_ok or grad.shape != param.shape:
+        dtype = self._update_dtype(param, grad, m, v)  # all updated in place
+        if dtype is None:
             return super().adam_update(param, grad, m, v, lr, betas, eps, weight_decay,
                                        decoupled, step)
         grad = self.xp.ascontiguousarray(grad)
         real = param.dtype.type
         b1, b2 = betas
-        scalars = (real(lr), real(b1), real(1 - b1), real(b2), real(1 - b2), real(eps),
-                   real(weight_decay), numpy.int32(bool(decoupled)), real(1 - b1 ** step),
-                   real(1 - b2 ** step), _i64(param.size))
-        self._launch("adam_update", dtype, param.size, (param, grad, m, v, *scalars))
+        args = (param, grad, m, v, real(lr),
+                *self._adam_constants(real, betas, eps, weight_decay, decoupled),
+                real(1 - b1 ** step), real(1 - b2 ** step), _i64(param.size))
+        self._launch("adam_update", dtype, param.size, args)
+
+    @_kernel_op
+    def adam_update_device_scalars(self, param, grad, m, v, scalars, betas: tuple, eps: float,
+                                   weight_decay: float, decoupled: bool):
+        dtype = self._update_dtype(param, grad, m, v)
+        if dtype is None or scalars.dtype != param.dtype or not scalars.flags.c_contiguous:
+            return super().adam_update_device_scalars(param, grad, m, v, scalars, betas, eps,
+                                                      weight_decay, decoupled)
+        grad = self.xp.ascontiguousarray(grad)
+        args = (param, grad, m, v, scalars,
+                *self._adam_constants(param.dtype.type, betas, eps, weight_decay, decoupled),
+                _i64(param.size))
+        self._launch("adam_update_device_scalars", dtype, param.size, args)

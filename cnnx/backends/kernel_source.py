@@ -33,6 +33,9 @@ KERNEL_FILES = {
     "sgd_momentum": "pointwise.cu",
     "sgd_plain": "pointwise.cu",
     "adam_update": "pointwise.cu",
+    "sgd_momentum_device_scalars": "pointwise.cu",
+    "sgd_plain_device_scalars": "pointwise.cu",
+    "adam_update_device_scalars": "pointwise.cu",
     "softmax_cross_entropy": "loss.cu",
 }
 

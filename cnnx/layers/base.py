@@ -91,6 +91,12 @@ class Layer:
         self.training = False
         return self
 
+    def replayable_in_graph(self) -> bool:
+        """Whether a CUDA graph that recorded one training step of this layer may replay it
+        for the next: true when the step reads nothing the host changes between steps
+        (cnnx/graph.py). Parameters and buffers must be updated in place."""
+        return True
+
     # ---------------------------------------------------------------- shapes and checks
     def output_shape(self, input_shape: tuple) -> tuple:
         """Shape of one output example given one input example's shape (no batch axis)."""

@@ -63,10 +63,14 @@ class _BatchNorm(Layer):
             x, self.params["gamma"], self.params["beta"], self.eps, self.activation == "relu",
             stats)
         if self.training:
+            # in place (the same numbers as `(1-m)*r + m*mean`): a CUDA graph that replays
+            # this step keeps writing to the arrays it was captured with (cnnx/graph.py)
             m = self.momentum
-            self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
-            self.buffers["running_var"] = ((1 - m) * self.buffers["running_var"]
-                                           + m * var * (count / (count - 1)))
+            running_mean, running_var = self.buffers["running_mean"], self.buffers["running_var"]
+            running_mean *= 1 - m
+            running_mean += m * mean
+            running_var *= 1 - m
+            running_var += m * var * (count / (count - 1))
         return y
 
     def backward(self, dy):

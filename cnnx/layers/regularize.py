@@ -43,6 +43,9 @@ class Dropout(Layer):
         self._cache = keep / (1 - self.p)
         return x * self._cache.astype(x.dtype, copy=False)
 
+    def replayable_in_graph(self) -> bool:
+        return self.p == 0  # a replay would reuse the mask drawn for (seed, calls) at capture
+
     def backward(self, dy):
         """dx = dy ⊙ mask / (1 - p) (training) or dy (evaluation)."""
         return dy if self._cache is None else dy * self._cache.astype(dy.dtype, copy=False)

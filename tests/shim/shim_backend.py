@@ -19,8 +19,10 @@ import subprocess
 from pathlib import Path
 
 import numpy
+from numpy.lib.stride_tricks import as_strided
 
 from cnnx.backends import kernel_source
+from cnnx.backends.cublas import OP_N, gemm_plan, layout
 from cnnx.backends.cupy_backend import CupyBackend
 
 SHIM_DIR = Path(__file__).resolve().parent
@@ -120,6 +122,7 @@ class ShimBackend(CupyBackend):
         self.grid_cap = grid_cap
         self.signatures = kernel_signatures()
         self.launches: list[str] = []
+        self._products = None
 
     def to_numpy(self, a):
         return numpy.asarray(a)
@@ -140,3 +143,66 @@ class ShimBackend(CupyBackend):
             ctypes.c_uint(blocks), ctypes.c_uint(threads), pointers
         )
         self.launches.append(kernel)
+
+    def graph_capture(self):
+        return ReplayByCall(self)
+
+
+# ----------------------------------------------------------------------------- CUDA graphs
+class ReplayByCall:
+    """``CudaGraphCapture``'s stand-in on the CPU (cnnx/backends/cuda_graph.py), for testing
+    ``cnnx.graph.GraphedTrainStep`` without a GPU: ``capture`` keeps the step without running
+    it, as a capture records without running; ``launch`` runs it. Products inside warm-up
+    steps and launches go through ``emulated_cublas_matmul``, as they go through our own
+    cuBLAS handle on a GPU. What this cannot show: that CUDA accepts the recording (no
+    host waits, every allocation from the private pool) -- the GPU tests do."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.runs = self.captures = self.launches = 0
+        self.closed = False
+
+    def run(self, step) -> None:
+        self.runs += 1
+        with self.backend.products_by(emulated_cublas_matmul):
+            step()
+
+    def capture(self, step):
+        self.captures += 1
+        return step
+
+    def launch(self, graph) -> None:
+        self.launches += 1
+        with self.backend.products_by(emulated_cublas_matmul):
+            graph()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _column_major(x, op: int, rows: int, cols: int, ld: int):
+    """The (rows, cols) matrix cuBLAS reads from ``x``'s memory under (op, ld): stored
+    column-major, element (i, j) at i + j*ld for op N, its transpose for op T."""
+    size = x.itemsize
+    strides = (size, ld * size) if op == OP_N else (ld * size, size)
+    return as_strided(x, shape=(rows, cols), strides=strides, writeable=False)
+
+
+def emulated_cublas_matmul(a, b):
+    """``a @ b`` the way ``cnnx.backends.cublas.CublasHandle`` has cuBLAS compute it: the
+    operands are read back from raw memory under ``gemm_plan``'s ops and leading dimensions,
+    so a wrong argument reads wrong numbers. Equal to ``a @ b`` bit for bit when right (the
+    views read back have ``a``'s and ``b``'s own strides, so NumPy makes the same call)."""
+    found_a, found_b = layout(a.shape, a.strides, a.itemsize), layout(b.shape, b.strides, b.itemsize)
+    if found_a is None:
+        a = numpy.ascontiguousarray(a)
+        found_a = layout(a.shape, a.strides, a.itemsize)
+    if found_b is None:
+        b = numpy.ascontiguousarray(b)
+        found_b = layout(b.shape, b.strides, b.itemsize)
+    plan = gemm_plan(a.shape, found_a, b.shape, found_b)
+    # cuBLAS computes C' (m x n, column-major) = op(first) @ op(second), first = b's memory
+    first = _column_major(b, plan.transa, plan.m, plan.k, plan.lda)
+    second = _column_major(a, plan.transb, plan.k, plan.n, plan.ldb)
+    # our row-major C is C' transposed: second^T @ first^T
+    return second.T @ first.T
