@@ -5,7 +5,9 @@
 
 Sections (markdown tables on stdout):
   1. training-step throughput (img/s) of the reference CNN at batch 64, 256, 1024 for
-     (a) cnnx with kernels, (b) cnnx with kernels off, (c) PyTorch eager with cuDNN;
+     (a) cnnx with kernels, (b) cnnx with kernels off, (c) PyTorch eager with cuDNN,
+     (d) cnnx with kernels, each step replayed from a CUDA graph (cnnx/graph.py), and
+     (e) PyTorch's whole step in a CUDA graph;
   2. per-op time, our kernel vs the pure-xp path, reference-CNN shapes;
   3. kernel compile cost: first use in a fresh process with an empty and a warm CuPy cache.
 
@@ -28,6 +30,7 @@ import numpy
 
 from cnnx import config, losses, models, optim
 from cnnx.backends import Window, get_backend
+from cnnx.graph import GraphedTrainStep
 from cnnx.train import train_step
 
 CONV = Window(3, 3, 1, 1, 1, 1, 1, 1)
@@ -49,12 +52,15 @@ def random_batch(batch: int):
             rng.integers(0, 10, batch))
 
 
-def cnnx_step(backend, batch: int):
+def cnnx_step(backend, batch: int, cuda_graph: bool = False):
     model = models.build("reference", seed=0).to(backend)
     opt = optim.SGD(model, lr=0.01, momentum=0.9)
     loss_fn = losses.SoftmaxCrossEntropy()
     x, y = random_batch(batch)
     xb, yb = backend.asarray(x), backend.asarray(y)
+    if cuda_graph:  # warm-up and capture happen in images_per_second's untimed steps
+        graphed = GraphedTrainStep(model, loss_fn, opt)
+        return lambda: graphed(xb, yb)
     return lambda: train_step(model, loss_fn, opt, xb, yb)  # loss stays on the GPU
 
 
@@ -88,6 +94,28 @@ def torch_step(batch: int):
     return step
 
 
+def torch_graph_step(batch: int):
+    """PyTorch's whole step (forward, backward, SGD) captured in one CUDA graph, the way
+    PyTorch's documentation shows (warm-up on a side stream, then torch.cuda.graph)."""
+    import torch
+
+    model, opt, loss_fn, xb, yb = torch_reference(batch)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        loss_fn(model(xb), yb).backward()
+        opt.step()
+    return graph.replay
+
+
 def images_per_second(step, sync, batch: int, steps: int, repeats: int = 5) -> float:
     """Median over ``repeats`` of batch*steps / wall time, synchronized at both ends."""
     for _ in range(5):  # warm-up: kernel compiles, cuDNN autotuning, memory pool growth
@@ -103,23 +131,44 @@ def images_per_second(step, sync, batch: int, steps: int, repeats: int = 5) -> f
     return statistics.median(rates)
 
 
+def _measured(name: str, batch: int, make_step, sync, steps: int) -> float:
+    """img/s of ``make_step()``'s step, or NaN (and the error on stderr) when it fails: one
+    broken column must not cost the rest of the table."""
+    try:
+        return images_per_second(make_step(), sync, batch, steps)
+    except Exception as exc:
+        print(f"{name} at batch {batch} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return float("nan")
+
+
 def throughput_table(batches, quick: bool) -> list[str]:
     on, off = get_backend("cuda", kernels=True), get_backend("cuda", kernels=False)
     try:
         import torch
+        torch_sync = torch.cuda.synchronize
     except ImportError:
-        torch = None
-    rows = ["| batch | cnnx, kernels (img/s) | cnnx, kernels off (img/s) "
-            "| PyTorch eager cuDNN (img/s) | kernels vs off | cnnx kernels / PyTorch |",
-            "|---:|---:|---:|---:|---:|---:|"]
+        torch = torch_sync = None
+    rows = ["| batch | (a) cnnx, kernels | (b) kernels off | (d) kernels + CUDA graph "
+            "| (c) PyTorch eager cuDNN | (e) PyTorch CUDA graph | a / b | d / a | a / c | d / c "
+            "| d / e |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for batch in batches:
         steps = max(10, (2000 if quick else 12800) // batch)
         with config.finite_checks(False):
-            a = images_per_second(cnnx_step(on, batch), on.synchronize, batch, steps)
-            b = images_per_second(cnnx_step(off, batch), off.synchronize, batch, steps)
-        c = (images_per_second(torch_step(batch), torch.cuda.synchronize, batch, steps)
-             if torch is not None else float("nan"))
-        rows.append(f"| {batch} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {a / b:.2f}x | {a / c:.2f} |")
+            a = _measured("cnnx kernels", batch, lambda: cnnx_step(on, batch), on.synchronize,
+                          steps)
+            b = _measured("cnnx kernels off", batch, lambda: cnnx_step(off, batch),
+                          off.synchronize, steps)
+            d = _measured("cnnx CUDA graph", batch, lambda: cnnx_step(on, batch, cuda_graph=True),
+                          on.synchronize, steps)
+        if torch is not None:
+            c = _measured("PyTorch eager", batch, lambda: torch_step(batch), torch_sync, steps)
+            e = _measured("PyTorch graph", batch, lambda: torch_graph_step(batch), torch_sync,
+                          steps)
+        else:
+            c = e = float("nan")
+        rows.append(f"| {batch} | {a:,.0f} | {b:,.0f} | {d:,.0f} | {c:,.0f} | {e:,.0f} "
+                    f"| {a / b:.2f}x | {d / a:.2f}x | {a / c:.2f} | {d / c:.2f} | {d / e:.2f} |")
         print(rows[-1], file=sys.stderr, flush=True)  # progress
     return rows
 

@@ -4,15 +4,16 @@
 #
 #     bash benchmarks/gpu_run.sh tests    # 1. the whole test suite (CPU and CUDA backends),
 #                                         # 2. the CUDA tests under compute-sanitizer memcheck
-#     bash benchmarks/gpu_run.sh bench    # 3. benchmarks/gpu.py (kernels vs off vs PyTorch),
-#                                         # 4. benchmarks/gpu_graph.py (CUDA-graph probe),
-#                                         # 5. `cnnx train --device cuda` on Fashion-MNIST
+#     bash benchmarks/gpu_run.sh bench    # 3. benchmarks/gpu.py (kernels vs off vs CUDA graph
+#                                         #    vs PyTorch eager and graphed),
+#                                         # 4. `cnnx train --device cuda` on Fashion-MNIST,
+#                                         #    eager twice, then with --cuda-graph
 #     bash benchmarks/gpu_run.sh all      # both (about 10 minutes: may not fit one call)
 #
-# Step 5 needs the dataset beside the code, since the GPU machine has no network: first, on
+# Step 4 needs the dataset beside the code, since the GPU machine has no network: first, on
 # the machine that drives it, `mkdir -p .gpu-data && cp -r /usr/share/datasets/fashion-mnist
 # .gpu-data/` (git ignores .gpu-data/), and name `.gpu-data` in the device tool's `carry`.
-# Without it step 5 is skipped with a message.
+# Without it step 4 is skipped with a message.
 # Extra arguments go to benchmarks/gpu.py (e.g. --quick). Logs go to $OUT when it is set (the
 # device tool's output folder), else to ./gpu-run-logs. The exit status is non-zero when any
 # step failed.
@@ -36,19 +37,20 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
     python3 -m pytest -q -rs -p no:cacheprovider 2>&1 \
         | tee "$LOG/pytest.txt" | tail -25 || status=1
     compute-sanitizer --tool memcheck --error-exitcode 99 \
-        python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py -k "not 2_pow_31" 2>&1 \
+        python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py tests/test_graph.py \
+        -k "not 2_pow_31 and not shim" 2>&1 \
         | tee "$LOG/memcheck.txt" | tail -15 || status=1
 fi
 
 if [ "$stage" = bench ] || [ "$stage" = all ]; then
     python3 benchmarks/gpu.py "$@" | tee "$LOG/benchmark.md" || status=1  # progress: stderr
-    python3 benchmarks/gpu_graph.py 2>&1 | tee "$LOG/graph.md" || status=1
     if [ -d .gpu-data/fashion-mnist ]; then
         runs=$(mktemp -d)
         # twice: the first run pays the kernel compiles (empty CuPy cache), the second does not
-        for run in first second; do
-            CNNX_DATA=.gpu-data python3 -m cnnx train --device cuda --epochs 1 --out "$runs/$run" 2>&1 \
-                | tee "$LOG/train-cuda-$run.txt" | tail -6 || status=1
+        for run in first second graph; do
+            flag=""; [ "$run" = graph ] && flag="--cuda-graph"
+            CNNX_DATA=.gpu-data python3 -m cnnx train --device cuda $flag --epochs 1 \
+                --out "$runs/$run" 2>&1 | tee "$LOG/train-cuda-$run.txt" | tail -6 || status=1
         done
     else
         echo "skipped: cnnx train --device cuda (no .gpu-data/fashion-mnist; see the top of this file)"
