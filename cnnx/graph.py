@@ -24,6 +24,7 @@ host-side counter. ``GraphedTrainStep`` refuses such models up front.
 
 from __future__ import annotations
 
+from .backends import DeviceError
 from .train import train_step
 
 
@@ -39,6 +40,18 @@ def check_replayable(model) -> None:
                 "random numbers on the host every step; train without --cuda-graph")
 
 
+def _graph_setup(what: str, call, *args):
+    """``call(*args)``, with a failure of CUDA's or CuPy's (a capture they refuse, a missing
+    cuBLAS) turned into one DeviceError line that says how to train anyway."""
+    try:
+        return call(*args)
+    except DeviceError:
+        raise
+    except Exception as exc:
+        raise DeviceError(f"{what} a CUDA graph failed ({type(exc).__name__}: {exc}); "
+                          "train without --cuda-graph") from exc
+
+
 class GraphedTrainStep:
     """``step(xb, yb)``: one training step, like ``train_step(model, loss, optimizer, xb, yb)``,
     returning ``(loss 0-d array, logits)``; the logits are valid until the next step."""
@@ -49,7 +62,7 @@ class GraphedTrainStep:
             raise ValueError("a graphed step needs at least one warm-up step, got 0")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.backend = model.backend
-        self.recorder = self.backend.graph_capture()  # DeviceError off CUDA
+        self.recorder = _graph_setup("setting up", self.backend.graph_capture)
         self.warmup = warmup
         self.warmed_up = 0
         self.graph = None
@@ -78,7 +91,8 @@ class GraphedTrainStep:
             self._check_updated_in_place(before)
             self.warmed_up += 1
         else:
-            self.graph = self.recorder.capture(self._step)
+            self.graph = _graph_setup("capturing a training step in", self.recorder.capture,
+                                      self._step)
             self.recorder.launch(self.graph)
         self.optimizer.count_step()
         return self.loss_out.copy(), self.logits_out

@@ -203,6 +203,23 @@ def test_a_model_a_graph_cannot_replay_is_refused(graph_backend):
     GraphedTrainStep(model, losses.SoftmaxCrossEntropy(), optim.SGD(model)).close()
 
 
+def test_a_capture_cuda_refuses_is_a_clear_error(shim_library, monkeypatch):
+    from shim.shim_backend import ReplayByCall
+
+    def refuse(self, step):
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported: operation not permitted")
+
+    monkeypatch.setattr(ReplayByCall, "capture", refuse)
+    backend = ShimBackend(shim_library)
+    model = models.build("reference", seed=0).to(backend)
+    step = GraphedTrainStep(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), warmup=1)
+    x, y = synthetic(8)
+    step(backend.asarray(x), backend.asarray(y))  # the warm-up step runs
+    with pytest.raises(DeviceError, match=r"capturing a training step in a CUDA graph failed "
+                       r"\(RuntimeError: cudaErrorStreamCaptureUnsupported.*without --cuda-graph"):
+        step(backend.asarray(x), backend.asarray(y))
+
+
 def test_cuda_graphs_on_the_cpu_backend_are_a_clear_error():
     model = models.build("reference").to("cpu")
     with pytest.raises(DeviceError, match="CUDA graphs need the CUDA backend.*--device cuda"):
