@@ -9,8 +9,9 @@ batch shape is one launch. ``GraphedTrainStep`` does that behind the same call a
 1. The batch is copied into buffers that stay put ("static"): the graph reads those addresses.
 2. The numbers that change from step to step without Python running (the learning rate under
    a schedule, Adam's bias corrections ``1-β^t``) live in a small device array that the
-   optimizer's update kernels read when they run (``Optimizer.graph_scalars``); everything
-   else the step uses is captured once.
+   optimizer's update kernels read when they run (``Optimizer.graph_scalars``). The host
+   writes it before a launch when they changed: every step for Adam or a per-step schedule
+   (one 12-byte copy), once for SGD at a constant rate. Everything else is captured once.
 3. The first ``warmup`` steps run normally but the way the capture will (``run``); the next
    one is captured and then launched; all later ones are launched.
 4. Loss and logits are copied into output buffers inside the step, so the caller gets them
