@@ -18,7 +18,7 @@ from cnnx.backends.cublas import OP_N, OP_T, gemm_plan, layout
 from cnnx.graph import GraphedTrainStep
 from cnnx.schedules import SCHEDULES
 from shim.shim_backend import ShimBackend, emulated_cublas_matmul
-from test_model import synthetic
+from test_model import REFERENCE_STEP_KERNELS, synthetic
 
 GRAPH_BACKENDS = [name for name in available_backends() if name.startswith("cuda")] + ["cuda-shim"]
 
@@ -179,6 +179,22 @@ def test_a_graphed_step_is_captured_once_and_then_launched(graph_backend):
         assert (recorder.runs, recorder.captures, recorder.launches) == (2, 1, 3)
     assert len(set(losses_seen)) == 6  # each replay computed its own batch's loss
     step.close()
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam_update"])
+def test_a_replayed_step_is_our_kernels(shim_library, optimizer):
+    """What a graph records is the eager step's kernels, with the updates that read their
+    scalars from the device: no fallback to the pure-xp path hides in a graphed step."""
+    backend = ShimBackend(shim_library)
+    model = models.build("reference", seed=0).to(backend)
+    update = (optim.SGD(model, lr=0.05, momentum=0.9) if optimizer == "sgd_momentum" else
+              optim.Adam(model))
+    step = GraphedTrainStep(model, losses.SoftmaxCrossEntropy(), update, warmup=1)
+    x, y = synthetic(16)
+    for _ in range(3):  # warm-up, capture + launch, launch
+        backend.launches.clear()
+        step(backend.asarray(x), backend.asarray(y))
+    assert backend.launches == REFERENCE_STEP_KERNELS + [optimizer + "_device_scalars"] * 8
 
 
 def test_batch_norm_trains_the_same_in_a_graph(graph_backend):

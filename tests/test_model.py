@@ -103,6 +103,17 @@ def test_training_steps_move_nothing_between_host_and_device(backend, monkeypatc
             train_step(model, losses.SoftmaxCrossEntropy(), optimizer, xb, yb)
 
 
+#: the kernels of one training step of the reference CNN on the CUDA backend, in order,
+#: before the optimizer's (one launch per parameter)
+REFERENCE_STEP_KERNELS = (
+    ["im2col", "bias_activation", "max_pool_forward"] * 2  # conv-ReLU-pool twice
+    + ["bias_activation"] * 2  # two dense layers
+    + ["softmax_cross_entropy", "relu_backward",  # dense 1568->128's ReLU
+       "max_pool_backward_tiled", "relu_backward", "col2im",  # pool2, conv2
+       "max_pool_backward_tiled", "relu_backward"]  # pool1, conv1 (no dL/dX)
+)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd_momentum", "adam_update"])
 def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch, optimizer):
     """On the CUDA backend every hot path of the reference CNN's step is one of our kernels, in
@@ -119,12 +130,7 @@ def test_a_cuda_training_step_runs_our_kernels(backend, monkeypatch, optimizer):
     update = (optim.SGD(model, lr=0.05, momentum=0.9) if optimizer == "sgd_momentum" else
               optim.Adam(model, weight_decay=1e-4))
     train_step(model, losses.SoftmaxCrossEntropy(), update, backend.asarray(x), backend.asarray(y))
-    conv_relu_pool = ["im2col", "bias_activation", "max_pool_forward"]
-    forward = conv_relu_pool * 2 + ["bias_activation"] * 2  # two dense layers
-    backward = ["softmax_cross_entropy", "relu_backward",  # dense 1568->128's ReLU
-                "max_pool_backward_tiled", "relu_backward", "col2im",  # pool2, conv2
-                "max_pool_backward_tiled", "relu_backward"]  # pool1, conv1 (no dL/dX)
-    assert launched == forward + backward + [optimizer] * 8  # one launch per parameter
+    assert launched == REFERENCE_STEP_KERNELS + [optimizer] * 8  # one launch per parameter
 
 
 def test_a_loss_computes_on_the_model_backend_not_on_the_array_type(shim_library):
