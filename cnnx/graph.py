@@ -60,7 +60,7 @@ class GraphedTrainStep:
     def __init__(self, model, loss, optimizer, warmup: int = 3):
         check_replayable(model)
         if warmup < 1:
-            raise ValueError("a graphed step needs at least one warm-up step, got 0")
+            raise ValueError(f"a graphed step needs at least one warm-up step, got {warmup}")
         self.model, self.loss, self.optimizer = model, loss, optimizer
         self.backend = model.backend
         self.recorder = _graph_setup("setting up", self.backend.graph_capture)
