@@ -25,6 +25,7 @@ host-side counter. ``GraphedTrainStep`` refuses such models up front.
 
 from __future__ import annotations
 
+from . import config
 from .backends import DeviceError
 from .train import train_step
 
@@ -132,13 +133,15 @@ class GraphedTrainStep:
                                    "updating it in place, so a CUDA graph cannot replay it")
 
     def _step(self):
-        """The recorded step: reads only the static buffers and the scalars."""
+        """The recorded step: reads only the static buffers and the scalars. Without the
+        per-call NaN/inf checks, which read a device value on the host (capture forbids it)."""
         model, loss = self.model, self.loss
         if loss.backend is not model.backend:
             loss.to(model.backend)
-        logits = model.forward(self.x)
-        value = loss.forward(logits, self.y)
-        model.backward(loss.backward(), input_grad=False)
+        with config.finite_checks(False):
+            logits = model.forward(self.x)
+            value = loss.forward(logits, self.y)
+            model.backward(loss.backward(), input_grad=False)
         self.optimizer.step(scalars=self.scalars)
         if self.loss_out is None:  # first warm-up step: the outputs' shapes are known now
             self.loss_out = self.backend.xp.empty_like(value)

@@ -197,6 +197,22 @@ def test_a_replayed_step_is_our_kernels(shim_library, optimizer):
     assert backend.launches == REFERENCE_STEP_KERNELS + [optimizer + "_device_scalars"] * 8
 
 
+def test_a_graphed_step_skips_the_per_call_finite_checks(shim_library):
+    """They read a device value on the host, which a capture forbids; fit checks its data once
+    up front instead."""
+    from cnnx import config
+    from cnnx.train import train_step
+
+    backend = ShimBackend(shim_library)
+    model = models.build("reference", seed=0).to(backend)
+    x, y = synthetic(4)
+    x[0, 0, 0, 0] = np.nan
+    with config.finite_checks(True):
+        with pytest.raises(ValueError, match="NaN"):
+            train_step(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), x, y)
+        GraphedTrainStep(model, losses.SoftmaxCrossEntropy(), optim.SGD(model))(x, y)
+
+
 def test_batch_norm_trains_the_same_in_a_graph(graph_backend):
     """Batch norm's running statistics are updated in place, so a replay keeps them current."""
     def model_fn():
