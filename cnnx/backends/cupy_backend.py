@@ -361,15 +361,7 @@ class CupyBackend(Backend):
         dtype = self._update_dtype(param, grad, *state)
         if dtype is None:
             return super().sgd_update(param, grad, velocity, lr, momentum, weight_decay)
-        grad = self.xp.ascontiguousarray(grad)
-        real = param.dtype.type  # the kernel's T: numpy.float32 or numpy.float64
-        if velocity is None:
-            args = (param, grad, real(lr), real(weight_decay), _i64(param.size))
-            self._launch("sgd_plain", dtype, param.size, args)
-        else:
-            scalars = (real(lr), real(momentum), real(weight_decay), _i64(param.size))
-            args = (param, grad, velocity, *scalars)
-            self._launch("sgd_momentum", dtype, param.size, args)
+        self._sgd(dtype, "", param, grad, velocity, param.dtype.type(lr), momentum, weight_decay)
 
     @_kernel_op
     def sgd_update_device_scalars(self, param, grad, velocity, scalars, momentum: float,
@@ -379,15 +371,21 @@ class CupyBackend(Backend):
         if dtype is None or scalars.dtype != param.dtype or not scalars.flags.c_contiguous:
             return super().sgd_update_device_scalars(param, grad, velocity, scalars, momentum,
                                                      weight_decay)
+        self._sgd(dtype, "_device_scalars", param, grad, velocity, scalars, momentum,
+                  weight_decay)
+
+    def _sgd(self, dtype, variant, param, grad, velocity, rate, momentum, weight_decay):
+        """Launch sgd_plain or sgd_momentum (+ ``variant``): ``rate`` is the learning rate as
+        the kernel's T, or the device array the _device_scalars kernels read it from."""
         grad = self.xp.ascontiguousarray(grad)
-        real = param.dtype.type
+        real = param.dtype.type  # the kernel's T: numpy.float32 or numpy.float64
         if velocity is None:
-            args = (param, grad, scalars, real(weight_decay), _i64(param.size))
-            self._launch("sgd_plain_device_scalars", dtype, param.size, args)
+            args = (param, grad, rate, real(weight_decay), _i64(param.size))
+            self._launch("sgd_plain" + variant, dtype, param.size, args)
         else:
-            args = (param, grad, velocity, scalars, real(momentum), real(weight_decay),
+            args = (param, grad, velocity, rate, real(momentum), real(weight_decay),
                     _i64(param.size))
-            self._launch("sgd_momentum_device_scalars", dtype, param.size, args)
+            self._launch("sgd_momentum" + variant, dtype, param.size, args)
 
     @staticmethod
     def _adam_constants(real, betas, eps, weight_decay, decoupled) -> tuple:
