@@ -60,6 +60,15 @@ def layout(shape: tuple, strides: tuple, itemsize: int):
     return None
 
 
+def readable(x, ascontiguousarray):
+    """``(x, layout(x))``, ``x`` first made C-contiguous when cuBLAS cannot read its memory."""
+    found = layout(x.shape, x.strides, x.itemsize)
+    if found is None:
+        x = ascontiguousarray(x)
+        found = layout(x.shape, x.strides, x.itemsize)
+    return x, found
+
+
 def gemm_plan(a_shape, a_layout, b_shape, b_layout) -> GemmPlan:
     """Arguments for C (m, n) = A (m, k) @ B (k, n), given each operand's ``layout``."""
     (m, k), (k2, n) = a_shape, b_shape
@@ -122,19 +131,12 @@ class CublasHandle:
         if status != _SUCCESS:
             raise RuntimeError(f"cnnx: {call} failed with cuBLAS status {status}")
 
-    def _operand(self, x):
-        found = layout(x.shape, x.strides, x.itemsize)
-        if found is None:
-            x = self.cupy.ascontiguousarray(x)
-            found = layout(x.shape, x.strides, x.itemsize)
-        return x, found
-
     def matmul(self, a, b):
         if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.name not in self._gemm:
             raise TypeError(f"cnnx: graph-safe matmul takes two 2-D float32/float64 arrays of "
                             f"one dtype, got {a.shape} {a.dtype} @ {b.shape} {b.dtype}")
-        a, a_layout = self._operand(a)
-        b, b_layout = self._operand(b)
+        a, a_layout = readable(a, self.cupy.ascontiguousarray)
+        b, b_layout = readable(b, self.cupy.ascontiguousarray)
         plan = gemm_plan(a.shape, a_layout, b.shape, b_layout)
         c = self.cupy.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if c.size == 0:

@@ -22,7 +22,7 @@ import numpy
 from numpy.lib.stride_tricks import as_strided
 
 from cnnx.backends import kernel_source
-from cnnx.backends.cublas import OP_N, gemm_plan, layout
+from cnnx.backends.cublas import OP_N, gemm_plan, readable
 from cnnx.backends.cupy_backend import CupyBackend
 
 SHIM_DIR = Path(__file__).resolve().parent
@@ -193,13 +193,8 @@ def emulated_cublas_matmul(a, b):
     operands are read back from raw memory under ``gemm_plan``'s ops and leading dimensions,
     so a wrong argument reads wrong numbers. Equal to ``a @ b`` bit for bit when right (the
     views read back have ``a``'s and ``b``'s own strides, so NumPy makes the same call)."""
-    found_a, found_b = layout(a.shape, a.strides, a.itemsize), layout(b.shape, b.strides, b.itemsize)
-    if found_a is None:
-        a = numpy.ascontiguousarray(a)
-        found_a = layout(a.shape, a.strides, a.itemsize)
-    if found_b is None:
-        b = numpy.ascontiguousarray(b)
-        found_b = layout(b.shape, b.strides, b.itemsize)
+    a, found_a = readable(a, numpy.ascontiguousarray)
+    b, found_b = readable(b, numpy.ascontiguousarray)
     plan = gemm_plan(a.shape, found_a, b.shape, found_b)
     # cuBLAS computes C' (m x n, column-major) = op(first) @ op(second), first = b's memory
     first = _column_major(b, plan.transa, plan.m, plan.k, plan.lda)
