@@ -115,11 +115,11 @@ class GraphedTrainStep:
         """Every array a step updates for the next one: parameters, buffers (running
         statistics), optimizer state."""
         arrays = {f"optimizer state {name}": a for name, a in self.optimizer.state.items()}
-        for i, layer in enumerate(self.model.layers):
-            # vars(): a buffer that is a property (Dropout's host counter) is not an array
-            stored = {**layer.params, **vars(layer).get("buffers", {})}
-            arrays.update({f"layer {i} ({type(layer).__name__}) {key}": a
-                           for key, a in stored.items()})
+        for name, layer, group, key in self.model._state_arrays():
+            stored = getattr(layer, group)
+            # a group computed on each read (Dropout's host counter) holds no stored arrays
+            if stored is getattr(layer, group):
+                arrays[f"{group[:-1]} {name} ({type(layer).__name__})"] = stored[key]
         return arrays
 
     def _check_updated_in_place(self, before: dict) -> None:
