@@ -221,6 +221,18 @@ def per_layer(batch: int, rounds: int) -> list[str]:
     return lines
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux): runs on two machines differ by it."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def header() -> list[str]:
     blas = "?"
     try:
@@ -229,7 +241,7 @@ def header() -> list[str]:
         pass
     torch_text = f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else \
         "PyTorch not installed (its columns are skipped)"
-    return [f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}",
+    return [f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_model()}",
             f"Python {platform.python_version()}, NumPy {numpy.__version__} ({blas}), {torch_text}",
             "ratio = cnnx throughput / PyTorch throughput (> 1: cnnx is faster)"]
 

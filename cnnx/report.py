@@ -10,6 +10,7 @@ import platform
 import numpy as np
 
 from .backends import DeviceError, get_backend
+from .backends.cupy_backend import cuda_version_text
 from .checkpoint import atomic_write
 
 # ------------------------------------------------------------------------------ devices
@@ -48,7 +49,7 @@ def gpu_properties(backend) -> dict:
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     version = cupy.cuda.runtime.runtimeGetVersion()
     return {"name": name, "memory_gib": props["totalGlobalMem"] / 2**30,
-            "cuda": f"{version // 1000}.{version % 1000 // 10}"}
+            "cuda": cuda_version_text(version)}
 
 
 def environment() -> dict:

@@ -43,7 +43,7 @@ def make_cupy_backend(index: int, kernels: bool) -> "CupyBackend":
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # cudaErrorNoDevice, insufficient driver, ...
-        raise DeviceError(f"CUDA is not usable: {exc}. Check the NVIDIA driver; {CUDA_INSTALL_HINT}")
+        raise DeviceError(f"CUDA is not usable: {_driver_problem(cupy, exc)}") from None
     if count == 0:
         raise DeviceError("CUDA is not usable: no GPU found. Use --device cpu")
     if index >= count:
@@ -54,6 +54,35 @@ def make_cupy_backend(index: int, kernels: bool) -> "CupyBackend":
     except Exception as exc:
         raise DeviceError(f"cuda:{index} failed its first use: {exc}; {CUDA_INSTALL_HINT}")
     return CupyBackend(cupy, index, kernels)
+
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor) as text: 12040 -> "12.4"."""
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def _driver_problem(cupy, exc) -> str:
+    """Why CUDA failed to start, told so a user can act on it. CUDA reports a machine with
+    no driver and one whose driver is too old for CuPy's CUDA alike ("driver version is
+    insufficient"); the driver's version (0: none installed) tells them apart."""
+    runtime = cupy.cuda.runtime
+    try:
+        driver, built_for = runtime.driverGetVersion(), runtime.runtimeGetVersion()
+    except Exception:  # no answer either: say what CUDA said
+        return f"{exc}. Check the NVIDIA driver; {CUDA_INSTALL_HINT}"
+    if driver == 0:
+        return ("no NVIDIA driver is installed, so this machine has no usable GPU. "
+                "Use --device cpu (or auto), or install the NVIDIA driver")
+    if driver // 1000 < built_for // 1000:
+        have, need = cuda_version_text(driver), cuda_version_text(built_for)
+        if driver // 1000 in (12, 13):
+            fix = (f'install the CuPy for your driver with pip install "cnnx[cuda{driver // 1000}]" '
+                   "(and pip uninstall the other cupy-cuda package), or update the driver")
+        else:  # CuPy's wheels start at CUDA 12
+            fix = "update the driver (CuPy needs CUDA 12 or newer)"
+        return f"the NVIDIA driver supports CUDA {have}, but this CuPy is built for CUDA {need}: {fix}"
+    return (f"{exc} (driver: CUDA {cuda_version_text(driver)}, CuPy built for CUDA "
+            f"{cuda_version_text(built_for)}). Check the NVIDIA driver; {CUDA_INSTALL_HINT}")
 
 
 def _nvrtc_version(cupy) -> str:

@@ -1,0 +1,94 @@
+"""`--device cuda` on a machine where CUDA cannot start: one line saying why and what to do.
+
+CuPy is replaced by a stand-in whose CUDA runtime answers as a real one does on such a machine
+(seen with cupy-cuda13x 14.2 on a machine without a driver: ``driverGetVersion()`` 0,
+``runtimeGetVersion()`` 13020, ``getDeviceCount()`` raising "cudaErrorInsufficientDriver"),
+so these run everywhere, CI included.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from cnnx import backends
+from cnnx.backends import DeviceError, cupy_backend, get_backend
+
+INSUFFICIENT = "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
+
+
+def fake_cupy(driver: int, built_for: int = 13020, count=None, error: str = INSUFFICIENT):
+    """A module with just the ``cupy.cuda.runtime`` calls ``make_cupy_backend`` makes first."""
+    def device_count():
+        if count is None:
+            raise RuntimeError(error)
+        return count
+    runtime = types.SimpleNamespace(driverGetVersion=lambda: driver,
+                                    runtimeGetVersion=lambda: built_for,
+                                    getDeviceCount=device_count)
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime))
+
+
+def error_for(monkeypatch, cupy, index: int = 0) -> str:
+    monkeypatch.setattr(cupy_backend, "_import_cupy", lambda: cupy)
+    with pytest.raises(DeviceError) as caught:
+        cupy_backend.make_cupy_backend(index, True)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_no_driver_says_there_is_no_gpu_and_to_use_the_cpu(monkeypatch):
+    message = error_for(monkeypatch, fake_cupy(driver=0))
+    assert "no NVIDIA driver is installed" in message
+    assert "--device cpu" in message
+    assert "insufficient" not in message  # CUDA's wording misleads on a machine with no driver
+
+
+@pytest.mark.parametrize("major", [12, 13])
+def test_a_driver_older_than_cupys_cuda_names_both_and_the_matching_extra(monkeypatch, major):
+    message = error_for(monkeypatch, fake_cupy(driver=major * 1000 + 40, built_for=14000))
+    assert f"the NVIDIA driver supports CUDA {major}.4, but this CuPy is built for CUDA 14.0" in message
+    assert f'pip install "cnnx[cuda{major}]"' in message
+
+
+def test_a_driver_older_than_any_cupy_wheel_says_to_update_it(monkeypatch):
+    message = error_for(monkeypatch, fake_cupy(driver=11080, built_for=12000))
+    assert "supports CUDA 11.8" in message and "update the driver" in message
+    assert "cnnx[cuda11]" not in message
+
+
+def test_another_failure_keeps_cudas_words_and_adds_both_versions(monkeypatch):
+    message = error_for(monkeypatch, fake_cupy(driver=13000, built_for=13020,
+                                               error="cudaErrorNoDevice: no CUDA-capable device is detected"))
+    assert "cudaErrorNoDevice" in message
+    assert "driver: CUDA 13.0, CuPy built for CUDA 13.2" in message
+
+
+def test_a_runtime_that_cannot_say_its_versions_keeps_cudas_words(monkeypatch):
+    cupy = fake_cupy(driver=0)
+
+    def broken():
+        raise RuntimeError("no runtime")
+    cupy.cuda.runtime.driverGetVersion = broken
+    message = error_for(monkeypatch, cupy)
+    assert INSUFFICIENT in message and "cnnx[cuda12]" in message
+
+
+def test_no_gpu_and_a_missing_index_are_named(monkeypatch):
+    assert "no GPU found" in error_for(monkeypatch, fake_cupy(driver=13000, count=0))
+    assert "cuda:2 does not exist: this machine has 1 GPU(s)" in error_for(
+        monkeypatch, fake_cupy(driver=13000, count=1), index=2)
+
+
+def test_auto_falls_back_to_the_cpu(monkeypatch):
+    monkeypatch.setattr(backends, "_CACHE", {"cpu": backends._CPU})  # forget a real GPU's backend
+    monkeypatch.setattr(cupy_backend, "_import_cupy", lambda: fake_cupy(driver=0))
+    assert get_backend("auto").name == "cpu"
+
+
+@pytest.mark.parametrize("version, text", [(12040, "12.4"), (13000, "13.0"), (13020, "13.2"),
+                                           (11080, "11.8")])
+def test_cuda_version_text(version, text):
+    assert cupy_backend.cuda_version_text(version) == text
