@@ -67,10 +67,11 @@ main()
 """
 
 
-def run_cnnx(*args, kill_at=None, timeout=300):
-    """``python -m cnnx ARGS`` as a real process; with ``kill_at=k`` it SIGKILLs itself just
-    before its k-th training step."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def run_cnnx(*args, kill_at=None, timeout=300, env=None):
+    """``python -m cnnx ARGS`` as a real process, with ``env`` added to its environment; with
+    ``kill_at=k`` it SIGKILLs itself just before its k-th training step."""
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     command = [sys.executable, "-m", "cnnx", *map(str, args)]
     if kill_at is not None:
         env["KILL_AT_STEP"] = str(kill_at)

@@ -59,10 +59,22 @@ def test_a_driver_older_than_any_cupy_wheel_says_to_update_it(monkeypatch):
     assert "cnnx[cuda11]" not in message
 
 
+NO_DEVICE = "cudaErrorNoDevice: no CUDA-capable device is detected"
+
+
+def test_no_visible_gpu_names_cuda_visible_devices_when_it_is_set(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    message = error_for(monkeypatch, fake_cupy(driver=13000, error=NO_DEVICE))
+    assert "CUDA_VISIBLE_DEVICES='' hides every GPU" in message and "--device cpu" in message
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "the NVIDIA driver finds no GPU. Use --device cpu" in error_for(
+        monkeypatch, fake_cupy(driver=13000, error=NO_DEVICE))
+
+
 def test_another_failure_keeps_cudas_words_and_adds_both_versions(monkeypatch):
     message = error_for(monkeypatch, fake_cupy(driver=13000, built_for=13020,
-                                               error="cudaErrorNoDevice: no CUDA-capable device is detected"))
-    assert "cudaErrorNoDevice" in message
+                                               error="cudaErrorUnknown: unknown error"))
+    assert "cudaErrorUnknown" in message
     assert "driver: CUDA 13.0, CuPy built for CUDA 13.2" in message
 
 

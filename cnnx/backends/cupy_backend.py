@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import numpy
 
@@ -27,6 +28,7 @@ from .kernel_source import CTYPES, KERNEL_FILES, ctype_of, name_expression, sour
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 65536  # enough to fill any GPU; the kernels' grid-stride loops cover the rest
 NVRTC_OPTIONS = ("--std=c++14",)  # no -arch: CuPy targets the device's own architecture
+_NO_DEVICE = 100  # cudaErrorNoDevice
 _KERNEL_DTYPES = {numpy.dtype(name): name for name in CTYPES}  # numpy dtype -> "float32", ...
 
 
@@ -81,6 +83,12 @@ def _driver_problem(cupy, exc) -> str:
         else:  # CuPy's wheels start at CUDA 12
             fix = "update the driver (CuPy needs CUDA 12 or newer)"
         return f"the NVIDIA driver supports CUDA {have}, but this CuPy is built for CUDA {need}: {fix}"
+    if getattr(exc, "status", None) == _NO_DEVICE or "cudaErrorNoDevice" in str(exc):
+        hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if hidden is not None:
+            return (f"CUDA_VISIBLE_DEVICES={hidden!r} hides every GPU. Use --device cpu, or "
+                    "set CUDA_VISIBLE_DEVICES to a GPU's index")
+        return "the NVIDIA driver finds no GPU. Use --device cpu"
     return (f"{exc} (driver: CUDA {cuda_version_text(driver)}, CuPy built for CUDA "
             f"{cuda_version_text(built_for)}). Check the NVIDIA driver; {CUDA_INSTALL_HINT}")
 
