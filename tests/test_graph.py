@@ -8,12 +8,16 @@ and with every product computed from raw memory the way cuBLAS is asked to compu
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import types
+
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
 from cnnx import Sequential, fit, layers, losses, models, optim
-from cnnx.backends import DeviceError, available_backends, get_backend
+from cnnx.backends import DeviceError, available_backends, cuda_graph, get_backend
 from cnnx.backends.cublas import OP_N, OP_T, gemm_plan, layout
 from cnnx.graph import GraphedTrainStep
 from cnnx.schedules import SCHEDULES
@@ -273,3 +277,111 @@ def test_adam_counts_graphed_steps_through_count_step():
     assert opt.steps == 0
     opt.count_step()
     assert opt.steps == 1 and opt.graph_scalars()[1] == pytest.approx(1 - 0.9 ** 2)
+
+
+# ----------------------------------------------------------------------------- the capture protocol
+class _RecordingCupy:
+    """Just the CuPy calls CudaGraphCapture makes, noting each one in ``log`` (no GPU needed):
+    the protocol is checked here; that CUDA accepts it, by the GPU tests above."""
+
+    def __init__(self):
+        self.log, self.current, self.allocator = [], None, None
+        recorder = self
+
+        class Stream:
+            def __init__(self, name="ours", non_blocking=False):
+                self.name, self.ptr, self.capturing = name, 7, False
+
+            def __enter__(self):
+                self.outer, recorder.current = recorder.current, self
+                return self
+
+            def __exit__(self, *exc):
+                recorder.current = self.outer
+
+            def synchronize(self):
+                assert not self.capturing, "a capturing stream was synchronized"
+                recorder.log.append(f"synchronize {self.name}")
+
+            def begin_capture(self):
+                self.capturing = True
+                recorder.log.append("begin capture")
+
+            def end_capture(self):
+                self.capturing = False
+                recorder.log.append("end capture")
+                return types.SimpleNamespace(launch=lambda stream: recorder.log.append(
+                    f"launch on {stream.name}"))
+
+        @contextlib.contextmanager
+        def using_allocator(malloc):
+            outer, self.allocator = self.allocator, malloc
+            try:
+                yield
+            finally:
+                self.allocator = outer
+
+        self.current = Stream("caller")
+        self.cuda = types.SimpleNamespace(
+            Stream=Stream, MemoryPool=lambda: types.SimpleNamespace(malloc="private pool"),
+            using_allocator=using_allocator, get_current_stream=lambda: self.current)
+
+
+class _RecordingBackend:
+    def __init__(self, cupy):
+        self.xp, self.device, self.products = cupy, contextlib.nullcontext(), "cupy.matmul"
+
+        @contextlib.contextmanager
+        def products_by(matmul):
+            outer, self.products = self.products, matmul
+            try:
+                yield
+            finally:
+                self.products = outer
+        self.products_by = products_by
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    handle = types.SimpleNamespace(matmul="our cuBLAS handle", close=lambda: None)
+    monkeypatch.setattr(cuda_graph, "CublasHandle", lambda cupy, stream_ptr: handle)
+    cupy = _RecordingCupy()
+    backend = _RecordingBackend(cupy)
+    return cupy, backend, cuda_graph.CudaGraphCapture(backend)
+
+
+def _what_the_step_sees(cupy, backend, notes):
+    def step():
+        notes.append((cupy.current.name, cupy.allocator, backend.products, gc.isenabled()))
+        cupy.log.append("step")
+    return step
+
+
+def test_a_capture_records_on_its_stream_pool_and_handle_without_the_collector(recording):
+    cupy, backend, recorder = recording
+    notes = []
+    recorder.run(_what_the_step_sees(cupy, backend, notes))
+    assert cupy.log == ["synchronize caller", "step", "synchronize ours"]
+    assert notes == [("ours", "private pool", "our cuBLAS handle", True)]
+    cupy.log.clear()
+    graph = recorder.capture(_what_the_step_sees(cupy, backend, notes))
+    assert cupy.log == ["synchronize caller", "begin capture", "step", "end capture",
+                        "synchronize ours"]
+    assert notes[1] == ("ours", "private pool", "our cuBLAS handle", False)
+    assert gc.isenabled()
+    assert (cupy.current.name, cupy.allocator, backend.products) == ("caller", None, "cupy.matmul")
+    cupy.log.clear()
+    recorder.launch(graph)
+    assert cupy.log == ["launch on caller"]
+
+
+def test_a_step_failing_in_capture_ends_the_capture_and_restores_everything(recording):
+    cupy, backend, recorder = recording
+
+    def step():
+        raise RuntimeError("cudaErrorStreamCaptureUnsupported")
+    with pytest.raises(RuntimeError, match="StreamCaptureUnsupported"):
+        recorder.capture(step)
+    assert cupy.log == ["synchronize caller", "begin capture", "end capture"]
+    assert gc.isenabled()
+    assert (cupy.current.name, cupy.allocator, backend.products) == ("caller", None, "cupy.matmul")

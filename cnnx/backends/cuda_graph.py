@@ -17,6 +17,10 @@ recorded work, and how ``CudaGraphCapture`` provides it:
   recording stream with its own workspace: CuPy refuses cuBLAS calls during capture.
 - Nothing in the recorded step may wait on the GPU from the host (a ``float(array)``): that
   is an error during capture. fit's steps never do (tests/test_model.py checks it on a GPU).
+- Python's cyclic garbage collector does not run during the capture: it would run the
+  finalizers of whatever garbage it finds (CuPy streams, events, arrays of other pools) in the
+  middle of the recording, work that has nothing to do with the step. Garbage is collected
+  just before instead.
 
 CuPy appears only here and in cupy_backend.py.
 """
@@ -24,6 +28,7 @@ CuPy appears only here and in cupy_backend.py.
 from __future__ import annotations
 
 import contextlib
+import gc
 
 from .cublas import CublasHandle
 
@@ -57,15 +62,22 @@ class CudaGraphCapture:
 
     def capture(self, step):
         """Record ``step()`` into a graph without running it; returns the graph."""
-        with self._recording_stream():
-            self.stream.begin_capture()
-            try:
-                step()
-            except BaseException:
-                with contextlib.suppress(Exception):  # leave capture mode; report step's error
-                    self.stream.end_capture()
-                raise
-            return self.stream.end_capture()
+        gc.collect()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            with self._recording_stream():
+                self.stream.begin_capture()
+                try:
+                    step()
+                except BaseException:
+                    with contextlib.suppress(Exception):  # leave capture mode; report step's error
+                        self.stream.end_capture()
+                    raise
+                return self.stream.end_capture()
+        finally:
+            if collecting:
+                gc.enable()
 
     def launch(self, graph) -> None:
         """Replay ``graph`` on the caller's current stream (ordered with its other work)."""
