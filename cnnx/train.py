@@ -63,10 +63,11 @@ def train_step(model, loss, optimizer, xb, yb):
     """One SGD step: forward, loss, backward, update. Returns (loss 0-d array, logits)."""
     if loss.backend is not model.backend:
         loss.to(model.backend)
-    logits = model.forward(xb)
-    value = loss.forward(logits, yb)
-    model.backward(loss.backward(), input_grad=False)
-    optimizer.step()
+    with model.backend.batch_scope(xb.shape[0]):
+        logits = model.forward(xb)
+        value = loss.forward(logits, yb)
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
     return value, logits
 
 
@@ -197,7 +198,11 @@ def predict(model, x, batch_size: int = 256):
     """Model outputs for every example, in eval mode, as one device array."""
     x = model.backend.asarray(x, dtype=model.dtype)
     model.eval()
-    outs = [model.forward(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    outs = []
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start:start + batch_size]
+        with model.backend.batch_scope(xb.shape[0]):
+            outs.append(model.forward(xb))
     model.train()
     return model.backend.xp.concatenate(outs, axis=0)
 
@@ -214,7 +219,8 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     with config.finite_checks(False):
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            logits = model.forward(xb)
+            with backend.batch_scope(xb.shape[0]):
+                logits = model.forward(xb)
             total_loss = total_loss + loss.forward(logits, yb) * xb.shape[0]
             correct = correct_count(logits, yb, loss)
             total_correct = None if correct is None else total_correct + correct

@@ -319,6 +319,83 @@ def test_one_blas_thread_restores_the_blas_setting():
     assert get() == before
 
 
+class _CountingBlasLimit:
+    """Stands in for cpu_threads.one_blas_thread and counts how often it is entered."""
+
+    entered = 0
+
+    def __enter__(self):
+        type(self).entered += 1
+
+    def __exit__(self, *exc_info):
+        pass
+
+
+def test_blas_threads_only_runs_every_operation_in_one_piece_and_leaves_blas_alone(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "WORKERS", 2)
+    monkeypatch.setattr(cpu_threads, "one_blas_thread", _CountingBlasLimit)
+    monkeypatch.setattr(_CountingBlasLimit, "entered", 0)
+    split = cpu_threads.parallel(lambda a, b: (a, b), 10, 1 << 30)
+    assert split == [(0, 5), (5, 10)] and _CountingBlasLimit.entered == 1
+    with cpu_threads.blas_threads_only():
+        with cpu_threads.blas_threads_only():  # re-entrant
+            assert cpu_threads.parallel(lambda a, b: (a, b), 10, 1 << 30) == [(0, 10)]
+        assert cpu_threads.parallel(lambda a, b: (a, b), 10, 1 << 30) == [(0, 10)]
+    assert _CountingBlasLimit.entered == 1  # BLAS's own thread count was left as it was
+    assert cpu_threads.parallel(lambda a, b: (a, b), 10, 1 << 30) == split
+
+
+class _CountingPiece(cpu_threads._Piece):
+    """cpu_threads._Piece, counting the pieces handed to the worker threads."""
+
+    handed = 0
+
+    def __init__(self, fn, args):
+        super().__init__(fn, args)
+        type(self).handed += 1
+
+
+@pytest.mark.parametrize("batch, handed", [(16, False), (1, False), (17, True), (64, True)])
+def test_steps_and_forward_passes_on_small_batches_leave_the_cores_to_blas(monkeypatch, batch,
+                                                                           handed):
+    from cnnx import losses, models, optim
+    from cnnx.train import evaluate, predict, train_step
+    monkeypatch.setattr(cpu_threads, "WORKERS", 2)
+    monkeypatch.setattr(cpu_threads, "_Piece", _CountingPiece)
+    model = models.build("reference", seed=0)
+    loss, opt = losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((batch, 1, 28, 28)).astype("float32")
+    y = rng.integers(0, 10, batch)
+    for work in (lambda: train_step(model, loss, opt, x, y), lambda: predict(model, x),
+                 lambda: evaluate(model, loss, x, y)):
+        monkeypatch.setattr(_CountingPiece, "handed", 0)
+        work()
+        assert (_CountingPiece.handed > 0) == handed
+    assert cpu_threads._blas_threads_only == 0
+
+
+def test_a_small_batch_step_is_the_split_step_to_rounding():
+    # the two arrangements sum the same products in other orders (bands, BLAS's blocking)
+    from cnnx import losses, models, optim
+    from cnnx.train import train_step
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 1, 28, 28)).astype("float64")
+    y = rng.integers(0, 10, 16)
+    results = []
+    for small in (16, 0):  # SMALL_BATCH 0: the step is cut into pieces as for a large batch
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(cpu_threads, "SMALL_BATCH", small)
+            patch.setattr(cpu_threads, "MIN_ELEMENTS", 1)
+            model = models.build("reference", seed=0, dtype="float64")
+            loss, opt = losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1, momentum=0.9)
+            for _ in range(2):
+                train_step(model, loss, opt, x, y)
+            results.append([layer.params[k].copy() for _, layer, k in model.parameters()])
+    for small, split in zip(*results):
+        np.testing.assert_allclose(small, split, rtol=1e-12, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("preset", ["reference", "seed-cnn"])
 def test_training_backward_skips_only_the_input_gradient(mode, preset):

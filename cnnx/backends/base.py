@@ -11,6 +11,7 @@ one column per ``(c, i, j)`` of the receptive field: shape ``(N*Ho*Wo, C*kh*kw)`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..shapes import output_size
@@ -85,6 +86,11 @@ class Backend:
         from . import make_rng
 
         return self.asarray(make_rng(key).random(shape, dtype=dtype))
+
+    def batch_scope(self, batch_size: int):
+        """A context for the work on one batch of ``batch_size`` examples (a training step,
+        a forward pass): where a backend arranges that work by batch size. Here: nothing."""
+        return contextlib.nullcontext()
 
     def __repr__(self) -> str:
         return f"<cnnx backend {self.name}>"

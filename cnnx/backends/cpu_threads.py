@@ -11,6 +11,12 @@ runs the pieces on a small pool of Python threads. NumPy releases the GIL inside
 inside BLAS, so the pieces really run at the same time; while they do, BLAS is held to one
 thread (``one_blas_thread``) so the two kinds of threads never compete. Small operations run
 in the calling thread: handing a piece to another thread costs tens of microseconds.
+
+Small batches are the exception (``blas_threads_only``): a training step on a few images is
+mostly operations too small to cut, and the hand-offs of the few that are cut cost what the
+second core gains. There every operation runs in one piece and BLAS threads the matrix
+products as it likes, for the whole step, so that its threads never spin against ours
+(measured: BENCHMARKS.md, CPU log).
 """
 
 from __future__ import annotations
@@ -108,9 +114,31 @@ def pieces(total: int, elements: int, min_elements: int | None = None) -> list[t
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+#: training steps and forward passes on at most this many examples run ``blas_threads_only``
+#: (2-core measurements: the whole step 9-18% faster at batch 8 and 16, even at 24, 7% slower
+#: at 48; BENCHMARKS.md)
+SMALL_BATCH = 16
+_blas_threads_only = 0  # depth of blas_threads_only blocks
+
+
+class blas_threads_only:  # noqa: N801 - used like a function: ``with blas_threads_only():``
+    """Inside this block ``parallel`` runs every operation in one piece, in the calling
+    thread, and leaves BLAS's thread count alone (re-entrant)."""
+
+    def __enter__(self):
+        global _blas_threads_only
+        _blas_threads_only += 1
+
+    def __exit__(self, *exc_info):
+        global _blas_threads_only
+        _blas_threads_only -= 1
+
+
 def parallel(fn, total: int, elements: int, min_elements: int | None = None) -> list:
     """Call ``fn(start, stop)`` on the pieces of ``range(total)`` (see ``pieces``), at the same
     time, and return their results in order. ``fn`` must write disjoint parts of its outputs."""
+    if _blas_threads_only:
+        return [fn(0, total)]
     parts = pieces(total, elements, min_elements)
     if len(parts) > 1 and threading.current_thread() in _workers:
         parts = [(0, total)]  # called from a piece: waiting for the other workers could deadlock

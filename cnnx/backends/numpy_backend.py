@@ -10,9 +10,11 @@ what each change was predicted to gain and what it gained.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy
 
-from . import cpu_conv, cpu_norm, cpu_pool
+from . import cpu_conv, cpu_norm, cpu_pool, cpu_threads
 from .base import Backend, Window
 from .cpu_threads import parallel
 
@@ -31,6 +33,12 @@ class NumpyBackend(Backend):
 
     def to_numpy(self, a):
         return numpy.asarray(a)
+
+    def batch_scope(self, batch_size: int):
+        """A batch of at most ``cpu_threads.SMALL_BATCH`` examples leaves the cores to BLAS."""
+        if batch_size <= cpu_threads.SMALL_BATCH:
+            return cpu_threads.blas_threads_only()
+        return contextlib.nullcontext()
 
     def matmul(self, a, b):
         """``a @ b`` cut into bands of the result's rows over the CPU threads.
