@@ -66,6 +66,8 @@ VARIANTS = {
     "matmul default": ("dense layers through a plain a @ b", default_of("matmul")),
     "BLAS threads only": ("cnnx's own threads off; OpenBLAS threads its products as usual",
                           lambda: patched(cpu_threads, WORKERS=1, one_blas_thread=_NoLimit)),
+    "small steps split": ("steps of <= SMALL_WORK outputs cut into pieces like larger ones",
+                          lambda: patched(cpu_threads, SMALL_WORK=0)),
     "no GEMM blocks": ("each chunk's products in one call, not GEMM_COLUMNS-wide blocks",
                        lambda: patched(cpu_conv, GEMM_COLUMNS=1 << 30)),
     "always rebuild col": ("the column matrix rebuilt in backward even when small",

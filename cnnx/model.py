@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .backends import get_backend, make_rng
 from .layers import ReLU, from_config
 from .layers.base import DTYPES
@@ -28,6 +30,7 @@ class Sequential:
         self.dtype = dtypes.pop()
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.seed = int(seed)
+        self._outputs_per_example: dict = {}  # input shape -> count (outputs_per_example)
         if self.input_shape is not None:
             self.shapes()
         self.reset_parameters(self.seed)
@@ -50,6 +53,20 @@ class Sequential:
             if getattr(following, "activation", None) == "relu":  # BatchNorm with fused ReLU
                 return "he"
         return "xavier"
+
+    def outputs_per_example(self, input_shape) -> int:
+        """How many numbers the layers output, in all, for one example of ``input_shape``: the
+        size of a forward pass, by which a backend may arrange its work (Backend.work_scope).
+        0 when the shape does not fit the model (the forward pass then says why)."""
+        key = tuple(int(s) for s in input_shape)
+        count = self._outputs_per_example.get(key)
+        if count is None:
+            try:
+                count = sum(math.prod(shape) for shape in self.shapes(key))
+            except ValueError:
+                count = 0
+            self._outputs_per_example[key] = count
+        return count
 
     def shapes(self, input_shape=None) -> list[tuple]:
         """Output shape (per example) after each layer; raises ValueError at the first mismatch."""

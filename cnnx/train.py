@@ -59,11 +59,16 @@ def prepare(model, x, y, name: str = "data"):
     return x, y
 
 
+def forward_size(model, xb) -> int:
+    """How many numbers the model's layers output for the batch ``xb``."""
+    return xb.shape[0] * model.outputs_per_example(xb.shape[1:])
+
+
 def train_step(model, loss, optimizer, xb, yb):
     """One SGD step: forward, loss, backward, update. Returns (loss 0-d array, logits)."""
     if loss.backend is not model.backend:
         loss.to(model.backend)
-    with model.backend.batch_scope(xb.shape[0]):
+    with model.backend.work_scope(forward_size(model, xb)):
         logits = model.forward(xb)
         value = loss.forward(logits, yb)
         model.backward(loss.backward(), input_grad=False)
@@ -201,7 +206,7 @@ def predict(model, x, batch_size: int = 256):
     outs = []
     for start in range(0, x.shape[0], batch_size):
         xb = x[start:start + batch_size]
-        with model.backend.batch_scope(xb.shape[0]):
+        with model.backend.work_scope(forward_size(model, xb)):
             outs.append(model.forward(xb))
     model.train()
     return model.backend.xp.concatenate(outs, axis=0)
@@ -219,7 +224,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     with config.finite_checks(False):
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            with backend.batch_scope(xb.shape[0]):
+            with backend.work_scope(forward_size(model, xb)):
                 logits = model.forward(xb)
             total_loss = total_loss + loss.forward(logits, yb) * xb.shape[0]
             correct = correct_count(logits, yb, loss)

@@ -355,9 +355,24 @@ class _CountingPiece(cpu_threads._Piece):
         type(self).handed += 1
 
 
-@pytest.mark.parametrize("batch, handed", [(16, False), (1, False), (17, True), (64, True)])
-def test_steps_and_forward_passes_on_small_batches_leave_the_cores_to_blas(monkeypatch, batch,
-                                                                           handed):
+def test_outputs_per_example_counts_every_layers_output():
+    from cnnx import models
+    model = models.build("reference")
+    # conv 16x28x28, pool 16x14x14, conv 32x14x14, pool 32x7x7, flatten 1568, dense 128, 10
+    assert model.outputs_per_example((1, 28, 28)) == 12544 + 3136 + 6272 + 1568 + 1568 + 128 + 10
+    assert model.outputs_per_example((3, 28, 28)) == 0  # does not fit: forward will say why
+
+
+REFERENCE_OUTPUTS = 25226  # per 28x28 image, as counted above
+
+
+@pytest.mark.parametrize("batch, handed", [
+    (cpu_threads.SMALL_WORK // REFERENCE_OUTPUTS, False),  # the largest small step (31)
+    (1, False),
+    (cpu_threads.SMALL_WORK // REFERENCE_OUTPUTS + 1, True),
+    (64, True),
+])
+def test_small_steps_and_forward_passes_leave_the_cores_to_blas(monkeypatch, batch, handed):
     from cnnx import losses, models, optim
     from cnnx.train import evaluate, predict, train_step
     monkeypatch.setattr(cpu_threads, "WORKERS", 2)
@@ -383,9 +398,9 @@ def test_a_small_batch_step_is_the_split_step_to_rounding():
     x = rng.standard_normal((16, 1, 28, 28)).astype("float64")
     y = rng.integers(0, 10, 16)
     results = []
-    for small in (16, 0):  # SMALL_BATCH 0: the step is cut into pieces as for a large batch
+    for small in (cpu_threads.SMALL_WORK, 0):  # 0: cut into pieces as a large step is
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(cpu_threads, "SMALL_BATCH", small)
+            patch.setattr(cpu_threads, "SMALL_WORK", small)
             patch.setattr(cpu_threads, "MIN_ELEMENTS", 1)
             model = models.build("reference", seed=0, dtype="float64")
             loss, opt = losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1, momentum=0.9)

@@ -87,9 +87,10 @@ class Backend:
 
         return self.asarray(make_rng(key).random(shape, dtype=dtype))
 
-    def batch_scope(self, batch_size: int):
-        """A context for the work on one batch of ``batch_size`` examples (a training step,
-        a forward pass): where a backend arranges that work by batch size. Here: nothing."""
+    def work_scope(self, elements: int):
+        """A context for the work on one batch (a training step, a forward pass) whose layers
+        output ``elements`` numbers in all: where a backend arranges that work by its size.
+        Here: nothing."""
         return contextlib.nullcontext()
 
     def __repr__(self) -> str:

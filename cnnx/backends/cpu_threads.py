@@ -12,11 +12,12 @@ inside BLAS, so the pieces really run at the same time; while they do, BLAS is h
 thread (``one_blas_thread``) so the two kinds of threads never compete. Small operations run
 in the calling thread: handing a piece to another thread costs tens of microseconds.
 
-Small batches are the exception (``blas_threads_only``): a training step on a few images is
+Small steps are the exception (``blas_threads_only``): a training step on a few images is
 mostly operations too small to cut, and the hand-offs of the few that are cut cost what the
 second core gains. There every operation runs in one piece and BLAS threads the matrix
 products as it likes, for the whole step, so that its threads never spin against ours
-(measured: BENCHMARKS.md, CPU log).
+(measured: BENCHMARKS.md, CPU log). A step's size is the count of numbers its layers output
+(``Sequential.outputs_per_example`` times the batch), known before it starts.
 """
 
 from __future__ import annotations
@@ -114,10 +115,12 @@ def pieces(total: int, elements: int, min_elements: int | None = None) -> list[t
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-#: training steps and forward passes on at most this many examples run ``blas_threads_only``
-#: (2-core measurements: the whole step 9-18% faster at batch 8 and 16, even at 24, 7% slower
-#: at 48; BENCHMARKS.md)
-SMALL_BATCH = 16
+#: training steps and forward passes whose layers output at most this many numbers in all run
+#: ``blas_threads_only``. Measured on 2 cores (whole step, that way against cut into pieces;
+#: BENCHMARKS.md): reference CNN (25k numbers per image) +29% at batch 8, +23% at 16, even at
+#: 24 and 32, -7% at 48; lenet5 (8.5k) +28% at 16, +30% at 32, +16% at 64; fmnist-small (92k)
+#: +24% at 8, even at 16; fmnist-bn (167k) -3% at 8, -14% at 16
+SMALL_WORK = 3 << 18
 _blas_threads_only = 0  # depth of blas_threads_only blocks
 
 

@@ -34,9 +34,9 @@ class NumpyBackend(Backend):
     def to_numpy(self, a):
         return numpy.asarray(a)
 
-    def batch_scope(self, batch_size: int):
-        """A batch of at most ``cpu_threads.SMALL_BATCH`` examples leaves the cores to BLAS."""
-        if batch_size <= cpu_threads.SMALL_BATCH:
+    def work_scope(self, elements: int):
+        """A step of at most ``cpu_threads.SMALL_WORK`` output numbers leaves the cores to BLAS."""
+        if elements <= cpu_threads.SMALL_WORK:
             return cpu_threads.blas_threads_only()
         return contextlib.nullcontext()
 
