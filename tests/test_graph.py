@@ -313,32 +313,28 @@ class _RecordingCupy:
                 return types.SimpleNamespace(launch=lambda stream: recorder.log.append(
                     f"launch on {stream.name}"))
 
-        @contextlib.contextmanager
-        def using_allocator(malloc):
-            outer, self.allocator = self.allocator, malloc
-            try:
-                yield
-            finally:
-                self.allocator = outer
-
         self.current = Stream("caller")
         self.cuda = types.SimpleNamespace(
             Stream=Stream, MemoryPool=lambda: types.SimpleNamespace(malloc="private pool"),
-            using_allocator=using_allocator, get_current_stream=lambda: self.current)
+            using_allocator=lambda malloc: _swapped(self, "allocator", malloc),
+            get_current_stream=lambda: self.current)
+
+
+@contextlib.contextmanager
+def _swapped(owner, name: str, value):
+    """``owner.<name>`` is ``value`` inside the block, and what it was before after it."""
+    outer = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, outer)
 
 
 class _RecordingBackend:
     def __init__(self, cupy):
         self.xp, self.device, self.products = cupy, contextlib.nullcontext(), "cupy.matmul"
-
-        @contextlib.contextmanager
-        def products_by(matmul):
-            outer, self.products = self.products, matmul
-            try:
-                yield
-            finally:
-                self.products = outer
-        self.products_by = products_by
+        self.products_by = lambda matmul: _swapped(self, "products", matmul)
 
 
 @pytest.fixture
