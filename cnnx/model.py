@@ -12,6 +12,11 @@ from .layers.base import DTYPES
 _PASS_THROUGH = ("Flatten", "MaxPool2D", "AvgPool2D", "Dropout", "BatchNorm2D", "BatchNorm1D")
 
 
+class ModelSpecError(ValueError):
+    """A model description (a spec list, a JSON model file or a preset name) is malformed;
+    the message says which layer and what to change. Shape mismatches are plain ValueErrors."""
+
+
 class Sequential:
     """Sequential(layers, input_shape=None, seed=0).
 
@@ -200,7 +205,12 @@ def from_spec(spec, input_shape=None, seed: int = 0, dtype: str = "float32") -> 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if not isinstance(spec, list) or not spec:
-        raise ValueError("a model spec must be a non-empty list of layer objects")
-    layers = [from_config(layer, dtype=dtype) for layer in spec]
+        raise ModelSpecError("a model spec must be a non-empty list of layer objects")
+    layers = []
+    for i, layer in enumerate(spec):
+        try:
+            layers.append(from_config(layer, dtype=dtype))
+        except ValueError as exc:
+            raise ModelSpecError(f"layer {i}: {exc}") from None
     return Sequential(layers, input_shape=input_shape, seed=seed)
 

@@ -11,7 +11,7 @@ import os
 
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      MaxPool2D, ReLU)
-from .model import Sequential, from_spec
+from .model import ModelSpecError, Sequential, from_spec
 
 
 def reference(dtype="float32"):
@@ -117,7 +117,7 @@ def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None) ->
         return Sequential(layers, input_shape=input_shape or shape, seed=seed)
     if name.endswith(".json") or os.path.sep in name:
         return _from_json(name, dtype, seed, input_shape)
-    raise ValueError(f"unknown model {name!r}: use one of {', '.join(PRESETS)} or a .json file")
+    raise ModelSpecError(f"unknown model {name!r}: use one of {', '.join(PRESETS)} or a .json file")
 
 
 def _from_json(path: str, dtype: str, seed: int, input_shape):
@@ -125,11 +125,14 @@ def _from_json(path: str, dtype: str, seed: int, input_shape):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError as exc:
-        raise ValueError(f"cannot read model file {path}: {exc.strerror}") from None
+        raise ModelSpecError(f"cannot read model file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"model file {path} is not valid JSON: {exc}") from None
+        raise ModelSpecError(f"model file {path} is not valid JSON: {exc}") from None
     if isinstance(data, dict):
         input_shape = input_shape or data.get("input_shape")
         data = data.get("layers")
     shape = tuple(input_shape) if input_shape else None
-    return from_spec(data, input_shape=shape, seed=seed, dtype=dtype)
+    try:
+        return from_spec(data, input_shape=shape, seed=seed, dtype=dtype)
+    except ModelSpecError as exc:
+        raise ModelSpecError(f"model file {path}: {exc}") from None

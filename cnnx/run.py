@@ -112,9 +112,9 @@ def build_model(cfg: TrainConfig, ds: data.Dataset):
     """The model named by ``cfg.model`` sized for the dataset; ValueError when it cannot fit."""
     try:
         model = models.build(cfg.model, dtype=cfg.dtype, seed=cfg.seed, input_shape=ds.input_shape)
+    except models.ModelSpecError:
+        raise  # the description itself is wrong: its message says where
     except ValueError as exc:
-        if str(exc).startswith("unknown model"):
-            raise
         raise ValueError(f"model {cfg.model!r} does not fit {ds.name} images "
                          f"{ds.input_shape}: {exc}") from None
     check_outputs(model, ds)

@@ -262,6 +262,33 @@ def test_corrupt_idx_npz_keys_and_shapes(tiny, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
+    ("{", r"^Error: model file \S+ is not valid JSON"),
+    ('{"layers": 3}', r"^Error: model file \S+: a model spec must be a non-empty list"),
+    ("[3]", r"^Error: model file \S+: layer 0: a layer spec must be an object with a 'type'"),
+    ('[{"type": "Conv3D"}]', r"^Error: model file \S+: layer 0: unknown layer type 'Conv3D'; known: .*Conv2D"),
+    ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 784}]',
+     r"^Error: model file \S+: layer 1: Dense: missing argument\(s\) out_features$"),
+    ('[{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "colour": 1}]',
+     r"layer 0: Conv2D: unknown argument\(s\) colour; it takes in_channels, out_channels, "
+     r"kernel_size, stride"),
+    ('[{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": -1}]',
+     r"layer 0: Conv2D: padding must be >= 0, got -1"),
+    ('[{"type": "Conv2D", "in_channels": 3, "out_channels": 2, "kernel_size": 3}, {"type": "Flatten"}]',
+     r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): layer 0"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_MODEL_FILES)
+def test_bad_model_file_is_one_line(tiny, tmp_path, content, message):
+    """A malformed model file says which layer and what is wrong; only a well-formed model
+    whose shapes do not match the data is said not to fit it."""
+    (tmp_path / "model.json").write_text(content)
+    result = invoke(*train_args(tiny, tmp_path / "out", "--model", tmp_path / "model.json"))
+    assert re.search(message, one_line_error(result))
+    assert not (tmp_path / "out").exists()
+
+
 def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tmp_path):
     out, _ = run_dir
     error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu"))

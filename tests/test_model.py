@@ -195,3 +195,17 @@ def test_he_init_feeds_relu_and_xavier_otherwise():
     first, last = model.layers[0].params["W"], model.layers[2].params["W"]
     assert np.std(first) == pytest.approx(np.sqrt(2 / 1000), rel=0.02)
     assert np.std(last) == pytest.approx(np.sqrt(2 / 1010), rel=0.05)
+
+
+def test_from_spec_names_the_bad_layer():
+    """A malformed spec raises ModelSpecError naming the layer; a well-formed one whose shapes
+    do not fit its input raises a plain ValueError."""
+    from cnnx import ModelSpecError, from_spec
+    good = {"type": "Flatten"}
+    with pytest.raises(ModelSpecError, match=r"^layer 1: Dense: missing argument\(s\) out_features$"):
+        from_spec([good, {"type": "Dense", "in_features": 3}])
+    with pytest.raises(ModelSpecError, match=r"^layer 0: Flatten: unknown argument\(s\) size; it takes no arguments$"):
+        from_spec([{"type": "Flatten", "size": 3}])
+    with pytest.raises(ValueError) as info:
+        from_spec([good, {"type": "Dense", "in_features": 3, "out_features": 2}], input_shape=(1, 2, 2))
+    assert not isinstance(info.value, ModelSpecError)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from .activation import Identity, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer
 from .conv import Conv2D
@@ -31,9 +33,24 @@ def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
     for key in ("kernel_size", "stride", "padding"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    if "seed" in cls.__init__.__code__.co_varnames:
+    _check_arguments(kind, cls, kwargs)
+    if "seed" in inspect.signature(cls).parameters:
         kwargs.setdefault("seed", seed)
     try:
         return cls(**kwargs, dtype=dtype)
-    except TypeError as exc:
-        raise ValueError(f"{kind}: bad arguments {kwargs}: {exc}") from None
+    except TypeError as exc:  # e.g. a string where a number belongs
+        raise ValueError(f"{kind}: {exc}") from None
+
+
+def _check_arguments(kind: str, cls, kwargs: dict) -> None:
+    """Name the unknown and the missing constructor arguments of a layer spec (the dtype is
+    the whole model's, so a spec may not set it)."""
+    params = {name: p for name, p in inspect.signature(cls).parameters.items()
+              if name != "dtype" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    unknown = [name for name in kwargs if name not in params]
+    if unknown:
+        takes = ", ".join(n for n in params if n != "seed") or "no arguments"
+        raise ValueError(f"{kind}: unknown argument(s) {', '.join(unknown)}; it takes {takes}")
+    missing = [name for name, p in params.items() if p.default is p.empty and name not in kwargs]
+    if missing:
+        raise ValueError(f"{kind}: missing argument(s) {', '.join(missing)}")
