@@ -10,7 +10,7 @@ import platform
 import numpy as np
 
 from .backends import DeviceError, get_backend
-from .backends.cupy_backend import cuda_version_text
+from .backends.cupy_backend import choose_kernel_cache_dir, cuda_version_text
 from .checkpoint import atomic_write
 
 # ------------------------------------------------------------------------------ devices
@@ -59,7 +59,10 @@ def environment() -> dict:
     info = {"cnnx": __version__, "python": platform.python_version(),
             "numpy": f"{np.__version__} (BLAS: {blas_name()})", "cpu": describe_device(get_backend("cpu"))}
     try:
-        info["cuda"] = describe_device(get_backend("cuda"))
+        cuda = get_backend("cuda")
+        info["cuda"] = describe_device(cuda)
+        state = "on" if cuda.kernels_enabled else "off (CNNX_KERNELS=0: the pure-CuPy path)"
+        info["kernels"] = f"{state}; compiled once, cached in {choose_kernel_cache_dir(os.environ)}"
     except DeviceError as exc:
         info["cuda"] = f"not available: {exc}"
     datasets = {"synthetic": "built in (generated)"}

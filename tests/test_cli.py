@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 
@@ -130,6 +131,10 @@ def test_info(tmp_path):
     assert result.exit_code == 0 and cnnx.__version__ in result.stdout
     env = json.loads(invoke("info", "--json").stdout)
     assert env["datasets"]["mnist"].endswith("mnist") and env["cpu"].startswith("cpu")
+    if "cuda:0" in cnnx.available_backends():  # the suite's GPU run
+        assert env["cuda"].startswith("cuda:0 (") and os.path.isdir(env["kernels"].split()[-1])
+    else:
+        assert env["cuda"].startswith("not available: ") and "kernels" not in env
 
 
 @pytest.mark.parametrize("j_train, j_cv, verdict", [

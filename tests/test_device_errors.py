@@ -8,6 +8,9 @@ so these run everywhere, CI included.
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import types
 
 import pytest
@@ -104,3 +107,75 @@ def test_auto_falls_back_to_the_cpu(monkeypatch):
                                            (11080, "11.8")])
 def test_cuda_version_text(version, text):
     assert cupy_backend.cuda_version_text(version) == text
+
+
+# ------------------------------------------------- CuPy's kernel cache (created on import)
+# CuPy 14 creates $CUPY_CACHE_DIR (default ~/.cupy/kernel_cache) when it is imported and fails
+# to import when it cannot: seen with cupy-cuda13x 14.2 and HOME=/proc/x, where `cnnx train`
+# (even on the CPU, through --device auto) and `cnnx info` died with "[Errno 2] No such file
+# or directory". A home that is a file stands in for a read-only one (the suite may run as root).
+@pytest.fixture
+def unwritable_home(monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    home.write_text("a file, so ~/.cupy cannot be created")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("CUPY_CACHE_DIR", raising=False)
+    monkeypatch.setattr(cupy_backend.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return tmp_path
+
+
+def test_the_default_kernel_cache_is_kept_when_it_can_be_written(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    environ = {}
+    assert cupy_backend.choose_kernel_cache_dir(environ) == str(tmp_path / ".cupy" / "kernel_cache")
+    assert environ == {}  # CuPy's own default: nothing to tell it
+
+
+def test_an_unwritable_home_moves_the_kernel_cache_to_the_temp_directory(unwritable_home):
+    environ = {}
+    chosen = cupy_backend.choose_kernel_cache_dir(environ)
+    assert environ == {"CUPY_CACHE_DIR": chosen}
+    assert chosen.startswith(str(unwritable_home / "tmp")) and "cnnx-" in chosen
+    assert os.access(chosen, os.W_OK)
+    blocked = unwritable_home / "tmp" / "blocked"
+    blocked.write_text("")
+    (unwritable_home / "tmp" / os.path.basename(chosen)).rmdir()
+    (unwritable_home / "tmp" / os.path.basename(chosen)).symlink_to(blocked)  # not a directory
+    other = cupy_backend.choose_kernel_cache_dir({})
+    assert other != chosen and os.access(other, os.W_OK)  # a fresh private one
+
+
+def test_a_users_kernel_cache_setting_is_left_alone(unwritable_home):
+    environ = {"CUPY_CACHE_DIR": "/somewhere/else"}
+    assert cupy_backend.choose_kernel_cache_dir(environ) == "/somewhere/else"
+    assert environ == {"CUPY_CACHE_DIR": "/somewhere/else"} and not os.path.exists("/somewhere")
+
+
+@pytest.fixture
+def cupy_that_makes_its_cache(monkeypatch, tmp_path):
+    """A `cupy` package whose import does what CuPy 14's does first: create the kernel cache
+    directory, raising OSError when it cannot."""
+    package = tmp_path / "standin" / "cupy"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "import os\n"
+        "os.makedirs(os.environ.get('CUPY_CACHE_DIR', os.path.expanduser('~/.cupy/kernel_cache')),"
+        " exist_ok=True)\n")
+    monkeypatch.setitem(sys.modules, "cupy", None)  # restored (or removed) afterwards
+    monkeypatch.delitem(sys.modules, "cupy")
+    monkeypatch.syspath_prepend(str(tmp_path / "standin"))
+
+
+def test_cupy_imports_with_an_unwritable_home(unwritable_home, cupy_that_makes_its_cache):
+    cupy = cupy_backend._import_cupy()
+    assert os.path.isdir(os.environ["CUPY_CACHE_DIR"]) and cupy.__name__ == "cupy"
+
+
+def test_an_unusable_cupy_cache_dir_is_one_line_naming_it(unwritable_home, monkeypatch,
+                                                           cupy_that_makes_its_cache):
+    monkeypatch.setenv("CUPY_CACHE_DIR", str(unwritable_home / "home" / "cache"))
+    with pytest.raises(DeviceError) as caught:
+        cupy_backend._import_cupy()
+    assert re.fullmatch(r"CuPy cannot create its kernel cache directory \S+home/cache \(.+\): "
+                        r"set CUPY_CACHE_DIR to a writable directory", str(caught.value))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 
 import numpy
 
@@ -33,11 +34,45 @@ _KERNEL_DTYPES = {numpy.dtype(name): name for name in CTYPES}  # numpy dtype -> 
 
 
 def _import_cupy():
+    cache = choose_kernel_cache_dir(os.environ)
     try:
         import cupy
     except ImportError as exc:  # no wheel, or a wheel that cannot load its CUDA libraries
         raise DeviceError(f"CUDA needs CuPy, which is not importable ({exc}); {CUDA_INSTALL_HINT}")
+    except OSError as exc:  # CuPy creates its kernel cache on import
+        raise DeviceError(f"CuPy cannot create its kernel cache directory {cache} "
+                          f"({exc.strerror or exc}): set CUPY_CACHE_DIR to a writable directory")
     return cupy
+
+
+def choose_kernel_cache_dir(environ) -> str:
+    """The directory CuPy will keep compiled kernels in, made sure to be writable.
+
+    CuPy creates its on-disk kernel cache when it is imported, in ``$CUPY_CACHE_DIR`` or else
+    ``~/.cupy/kernel_cache``, and fails to import when it cannot (a read-only or missing home
+    directory: containers, batch jobs, service users; cupy #2296). So when CUPY_CACHE_DIR is
+    not set and the default cannot be written, this sets it to a directory of this user's in
+    the temp directory (or, failing that, a fresh private one) before CuPy is imported. A
+    CUPY_CACHE_DIR set by the user is left alone: if CuPy cannot use it, the error says so."""
+    if environ.get("CUPY_CACHE_DIR"):
+        return environ["CUPY_CACHE_DIR"]
+    default = os.path.join(os.path.expanduser("~"), ".cupy", "kernel_cache")
+    if _writable_dir(default):
+        return default
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    fallback = os.path.join(tempfile.gettempdir(), f"cnnx-{user}-cupy-kernel-cache")
+    if not _writable_dir(fallback):  # e.g. another user's directory of that name
+        fallback = tempfile.mkdtemp(prefix="cnnx-cupy-kernel-cache-")
+    environ["CUPY_CACHE_DIR"] = fallback
+    return fallback
+
+
+def _writable_dir(path: str) -> bool:
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
 
 
 def make_cupy_backend(index: int, kernels: bool) -> "CupyBackend":
