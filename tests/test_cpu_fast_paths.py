@@ -289,6 +289,25 @@ def test_parallel_covers_the_range_in_order_and_raises_piece_errors(mode):
             cpu_threads.parallel(failing, 10, 1 << 30)
 
 
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0",
+                    reason="numpy.errstate is a context variable only since NumPy 2")
+def test_pieces_run_under_the_callers_errstate(monkeypatch):
+    """A piece that a worker thread runs sees the caller's numpy.errstate (here: overflow
+    raises), as the caller's own piece does."""
+    monkeypatch.setattr(cpu_threads, "WORKERS", 2)
+    on_worker = threading.Event()
+
+    def overflow(a, b):
+        if a == 0:  # the caller's piece: wait until a worker has taken the other one
+            assert on_worker.wait(10)
+            return None
+        on_worker.set()
+        return np.full(4, 3e38, np.float32) * np.float32(10)
+    with np.errstate(over="raise"):
+        with pytest.raises(FloatingPointError):
+            cpu_threads.parallel(overflow, 2, 1 << 30)
+
+
 def test_parallel_inside_a_piece_runs_in_one_piece(mode):
     def outer(a, b):
         return cpu_threads.parallel(lambda c, d: threading.current_thread().name, 4, 1 << 30)

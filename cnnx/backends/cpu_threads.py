@@ -22,6 +22,7 @@ products as it likes, for the whole step, so that its threads never spin against
 
 from __future__ import annotations
 
+import contextvars
 import ctypes
 import os
 import queue
@@ -45,12 +46,14 @@ MIN_ELEMENTS = 1 << 18
 
 class _Piece:
     """One piece handed to the workers: its call, a lock taken by whichever thread runs it,
-    and a lock held until its result is in."""
+    and a lock held until its result is in. It runs in a copy of the caller's context, so
+    the caller's ``numpy.errstate`` (a context variable since NumPy 2) holds in it too."""
 
-    __slots__ = ("fn", "args", "taken", "done", "result", "error")
+    __slots__ = ("fn", "args", "context", "taken", "done", "result", "error")
 
     def __init__(self, fn, args):
         self.fn, self.args, self.result, self.error = fn, args, None, None
+        self.context = contextvars.copy_context()
         self.taken = threading.Lock()
         self.done = threading.Lock()
         self.done.acquire()
@@ -61,7 +64,7 @@ class _Piece:
 
     def run(self):
         try:
-            self.result = self.fn(*self.args)
+            self.result = self.context.run(self.fn, *self.args)
         except BaseException as exc:  # handed back to the caller by wait()
             self.error = exc
         self.done.release()
