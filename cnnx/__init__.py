@@ -9,9 +9,9 @@ from . import layers, losses, optim  # noqa: E402
 from .backends import available_backends, get_backend  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402
 from .model import ModelSpecError, Sequential, from_spec  # noqa: E402
-from .train import evaluate, fit, predict  # noqa: E402
+from .train import TrainingDiverged, evaluate, fit, predict  # noqa: E402
 
 __all__ = [
-    "Sequential", "from_spec", "ModelSpecError", "layers", "losses", "optim", "fit", "evaluate", "predict",
-    "gradcheck", "get_backend", "available_backends", "__version__",
+    "Sequential", "from_spec", "ModelSpecError", "layers", "losses", "optim", "fit", "evaluate",
+    "predict", "TrainingDiverged", "gradcheck", "get_backend", "available_backends", "__version__",
 ]

@@ -21,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoint, data, models, report
 from .backends import get_backend
 from .graph import check_replayable
@@ -28,6 +30,7 @@ from .layers.base import DTYPES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .session import Session
+from .train import TrainingDiverged
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -180,7 +183,16 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     try:
-        session.run()
+        try:
+            # A diverging run overflows long before its loss reads NaN: TrainingDiverged says
+            # so in one line, instead of NumPy's warnings from deep inside the layers.
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                session.run()
+        except TrainingDiverged as exc:
+            if (out / "checkpoint.npz").exists():
+                raise TrainingDiverged(f"{exc}; the last checkpoint, from before, is intact: "
+                                       f"cnnx train --resume {out} --lr <lower>") from None
+            raise
         return session.finish()
     except BaseException:
         if created and not (out / "checkpoint.npz").exists():

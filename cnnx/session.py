@@ -14,7 +14,7 @@ from . import checkpoint, report
 from .augment import Augment
 from .losses import SoftmaxCrossEntropy
 from .schedules import SCHEDULES
-from .train import batch_slices, epoch_order, evaluate, fit, stop_early
+from .train import TrainingDiverged, batch_slices, epoch_order, evaluate, fit, stop_early
 
 RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
 TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
@@ -42,6 +42,9 @@ class Session:
         self.model.load_state_dict(ck.model_state)
         if ck.optimizer_state is not None:
             self.optimizer.load_state_dict(ck.optimizer_state)
+            # the buffers continue, the rate is the run's setting: the saved one unless
+            # `--resume DIR --lr X` changed it (a schedule sets it again every step anyway)
+            self.optimizer.lr = self.cfg.lr
         self.history, self.best = ck.metrics, ck.header.get("best")
         self.start = (ck.epoch, ck.step)
         if ck.step:
@@ -139,6 +142,14 @@ class Session:
         return record["train_loss"] < self.best["train_loss"]
 
     def save(self, path: Path, epoch: int, step: int, partial: dict | None = None) -> Path:
+        """Write a checkpoint; refuse (TrainingDiverged) to replace a good one by weights that
+        are NaN or infinite."""
+        for name, value in self.model.state_dict().items():
+            if not np.isfinite(value).all():
+                raise TrainingDiverged(
+                    f"training diverged: parameter {name} became NaN or infinite in epoch "
+                    f"{epoch + 1 if step else epoch} at learning rate {self.optimizer.lr:g}; "
+                    "lower the learning rate (--lr) and train again")
         ds = self.prep.dataset
         order = epoch_order(self.n, self.cfg.seed, epoch) if step else None
         return checkpoint.save(

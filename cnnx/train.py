@@ -6,12 +6,30 @@ resumed at (epoch, step) replays exactly the batches an uninterrupted run would 
 
 from __future__ import annotations
 
+import math
 import time
 from functools import partial
 
 from . import config
 from .backends import make_rng
 from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+
+#: How often (in steps) ``fit`` reads the running loss on the host to notice a divergence
+#: early; on a GPU each read waits for the steps before it, so not every step.
+FINITE_CHECK_STEPS = 50
+
+
+class TrainingDiverged(ValueError):
+    """The training loss (or a parameter) became NaN or infinite: the weights are lost."""
+
+
+def check_finite_loss(total, backend, epoch: int, step: int, lr: float) -> None:
+    """Raise TrainingDiverged when the running loss ``total`` is NaN or infinite."""
+    value = backend.scalar(total)
+    if not math.isfinite(value):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {value} in epoch {epoch + 1} (by step {step + 1}) "
+            f"at learning rate {lr:g}; lower the learning rate (--lr) and train again")
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True):
@@ -92,6 +110,9 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     ``patience``: stop when the validation loss has not improved for that many epochs
     (early stopping; the caller keeps the best checkpoint, e.g. from ``on_epoch``).
     ``cuda_graph``: replay each full-size step from a CUDA graph (cnnx/graph.py; CUDA only).
+
+    Raises TrainingDiverged when the training loss becomes NaN or infinite: it is read on the
+    host every ``FINITE_CHECK_STEPS`` steps and at the end of each epoch, before ``on_epoch``.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -169,6 +190,8 @@ def _run_epoch(model, loss, optimizer, train_one, data, slices, when, first_step
             correct = correct_count(logits, yb, loss)
             total_correct = None if correct is None else total_correct + correct
             seen += count
+            if (step + 1) % FINITE_CHECK_STEPS == 0 or step + 1 == len(slices):
+                check_finite_loss(total_loss, backend, epoch, step, optimizer.lr)
             if on_batch is not None:
                 on_batch({"epoch": epoch, "step": step, "steps": len(slices), "images": count,
                           "loss": value, "correct": correct})

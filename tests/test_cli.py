@@ -353,3 +353,42 @@ def test_fashion_mnist_one_epoch_reaches_85_percent(tmp_path, monkeypatch):
     print(f"Fashion-MNIST, 1 epoch on the CPU: test accuracy {res['test_accuracy']:.4f} "
           f"in {res['seconds']:.1f} s of training")
     assert res["test_accuracy"] >= 0.85
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
+    out = tmp_path / "run"
+    error = one_line_error(invoke(*train_args(tiny, out, "--epochs", 1, "--lr", 1e30)))
+    assert re.search(r"training diverged: the loss became (nan|inf) in epoch 1 .*at learning rate "
+                     r"1e\+30; lower the learning rate \(--lr\)", error)
+    assert "RuntimeWarning" not in error and not out.exists()  # nothing worth keeping
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    saved = {name: (out / name).read_bytes() for name in ("checkpoint.npz", "metrics.jsonl")}
+    error = one_line_error(invoke("train", "--resume", out, "--epochs", 2, "--lr", 1e30))
+    assert "training diverged" in error
+    assert f"the last checkpoint, from before, is intact: cnnx train --resume {out} --lr <lower>" in error
+    assert {name: (out / name).read_bytes() for name in saved} == saved
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(run_dir, tmp_path):
+    from cnnx import run, session
+    from cnnx.train import TrainingDiverged
+    out, _ = run_dir
+    ck = checkpoint.load(out / "checkpoint.npz")
+    cfg = run.resolve_config({}, ck)
+    prep = run.prepare_data(cfg)
+    model = ck.build_model()
+    job = session.Session(cfg, model, run.make_optimizer(cfg, model), prep, tmp_path, run.Listener(),
+                          "cpu")
+    model.layers[0].params["W"][0, 0, 0, 0] = np.inf
+    with pytest.raises(TrainingDiverged, match=r"parameter 0\.W became NaN or infinite"):
+        job.save(tmp_path / "checkpoint.npz", 1, 0)
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_resume_with_a_new_learning_rate_uses_it(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0  # --lr 0.02
+    assert invoke("train", "--resume", out, "--epochs", 2, "--lr", 0.005).exit_code == 0
+    rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rates == [0.02, 0.005]
+    assert checkpoint.load(out / "checkpoint.npz").header["config"]["lr"] == 0.005

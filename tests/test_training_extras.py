@@ -3,16 +3,18 @@ early stopping (issue 6's building blocks), on every available backend."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cnnx import Sequential, fit, gradcheck, layers, losses, optim
+from cnnx import Sequential, fit, gradcheck, layers, losses, optim, train
 from cnnx.augment import Augment
 from cnnx.backends import make_rng
 from cnnx.schedules import Cosine, StepDecay
-from cnnx.train import stop_early
+from cnnx.train import TrainingDiverged, stop_early
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -200,3 +202,37 @@ def test_uniform_stream_is_replayable_and_uniform(backend, dtype):
     assert 0 <= a.min() and a.max() < 1
     counts = np.histogram(a, bins=10, range=(0, 1))[0]
     assert np.all(np.abs(counts - 10_000) < 500)  # ~5 standard deviations
+
+
+def test_fit_stops_with_one_line_when_the_loss_diverges(backend, monkeypatch):
+    """A learning rate far too large: fit raises TrainingDiverged naming the epoch, the step
+    by which it noticed and the rate, before the epoch is reported (no NaN history)."""
+    monkeypatch.setattr(train, "FINITE_CHECK_STEPS", 2)
+    rng = np.random.default_rng(3)
+    x = rng.random((64, 1, 6, 6))
+    y = rng.integers(0, 3, 64)
+    model = Sequential([layers.Conv2D(1, 4, 3, activation="relu"), layers.Flatten(),
+                        layers.Dense(64, 3)], input_shape=(1, 6, 6), seed=0).to(backend)
+    model.layers[0].params["W"][...] *= 1e3  # with lr 1e30: overflow within two steps
+    reported = []
+    with np.errstate(over="ignore", invalid="ignore"):
+        with pytest.raises(TrainingDiverged) as caught:
+            fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=1e30), x, y, epochs=2,
+                batch_size=8, on_epoch=reported.append)
+    message = str(caught.value)
+    assert re.fullmatch(r"training diverged: the loss became (nan|inf) in epoch 1 \(by step 2\) at "
+                        r"learning rate 1e\+30; lower the learning rate \(--lr\) and train again",
+                        message), message
+    assert reported == []
+
+
+def test_fit_checks_the_loss_at_the_end_of_every_epoch(backend, monkeypatch):
+    monkeypatch.setattr(train, "FINITE_CHECK_STEPS", 10**9)  # only the epoch's last step
+    checked = []
+    real = train.check_finite_loss
+    monkeypatch.setattr(train, "check_finite_loss", lambda *a: checked.append(a[3]) or real(*a))
+    rng = np.random.default_rng(3)
+    model = Sequential([layers.Flatten(), layers.Dense(4, 2)], input_shape=(1, 2, 2), seed=0).to(backend)
+    fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), rng.random((20, 1, 2, 2)),
+        rng.integers(0, 2, 20), epochs=2, batch_size=8)
+    assert checked == [2, 2]  # the third (last) step of each epoch
