@@ -39,8 +39,19 @@ class Session:
     # ---------------------------------------------------------------- resuming
     def restore(self, ck: checkpoint.Checkpoint) -> None:
         """Continue from ``ck``: weights, optimizer buffers, history, position in the epoch."""
+        saved = ck.header.get("config") or {}
+        if ck.step and saved.get("batch_size", self.cfg.batch_size) != self.cfg.batch_size:
+            raise checkpoint.CheckpointError(
+                f"{ck.path} stopped inside epoch {ck.epoch + 1}, after step {ck.step} of batch "
+                f"size {saved['batch_size']}: finish that epoch with its batch size first "
+                f"(cnnx train --resume {self.out} --epochs {ck.epoch + 1}), then resume with "
+                f"--batch-size {self.cfg.batch_size}")
         self.model.load_state_dict(ck.model_state)
-        if ck.optimizer_state is not None:
+        switched = saved.get("optimizer", self.cfg.optimizer) != self.cfg.optimizer
+        if switched:
+            self.listener.message(f"optimizer changed from {saved['optimizer']} to "
+                                  f"{self.cfg.optimizer}: its buffers start empty")
+        if ck.optimizer_state is not None and not switched:
             self.optimizer.load_state_dict(ck.optimizer_state)
             # the buffers continue, the rate is the run's setting: the saved one unless
             # `--resume DIR --lr X` changed it (a schedule sets it again every step anyway)

@@ -90,3 +90,41 @@ def test_sigkill_resume_with_batchnorm_dropout_adam_schedule_and_augmentation(ti
     assert resumed.returncode == 0, resumed.stderr
     assert final_state(tmp_path / "run") == final_state(tmp_path / "full")
     assert checkpoint.load(tmp_path / "run").optimizer_state["steps"] == 45
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_with_its_batch_size(tiny, tmp_path, uninterrupted,
+                                                                monkeypatch):
+    """Its position is a step count of its batch size: another size would skip or repeat
+    images, so the error says how to get there; the same size still resumes bit for bit."""
+    out = tmp_path / "run"
+    real_step, calls = cnnx.train.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 15 + 11:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(cnnx.train, "train_step", interrupted_step)
+    assert invoke(*train_args(tiny, out, "--epochs", 3, "--checkpoint-every", 4)).exit_code == 130
+    monkeypatch.setattr(cnnx.train, "train_step", real_step)
+    before = (out / "checkpoint.npz").read_bytes()
+    result = invoke("train", "--resume", out, "--batch-size", 16)
+    assert result.exit_code == 1
+    assert (f"stopped inside epoch 2, after step 8 of batch size 32: finish that epoch with its "
+            f"batch size first (cnnx train --resume {out} --epochs 2), then resume with "
+            f"--batch-size 16") in result.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
+    assert final_state(out) == uninterrupted
+
+
+def test_switching_optimizer_on_resume_starts_its_buffers_empty(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0  # SGD with momentum
+    result = invoke("train", "--resume", out, "--epochs", 2, "--optimizer", "adam", "--lr", 1e-3)
+    assert result.exit_code == 0, result.output
+    assert "optimizer changed from sgd to adam: its buffers start empty" in result.stderr
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert all(name.endswith((".m", ".v")) for name in ck.optimizer_state["buffers"])
+    assert ck.optimizer_state["steps"] == 15  # one epoch of Adam, not the SGD epoch before it
