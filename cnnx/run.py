@@ -136,6 +136,9 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
     saved config), then the explicitly given ``options``."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     if ck is not None:
+        if options.get("dtype", ck.dtype) != ck.dtype:  # weights and buffers stay as saved
+            raise ValueError(f"--dtype {options['dtype']}: this run trains in {ck.dtype} and a "
+                             f"resumed run keeps its dtype; start a new run for {options['dtype']}")
         base = {k: v for k, v in (ck.header.get("config") or {}).items() if k in fields}
     else:
         base = models.recipe(options.get("model", TrainConfig.model))

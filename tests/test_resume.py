@@ -128,3 +128,15 @@ def test_switching_optimizer_on_resume_starts_its_buffers_empty(tiny, tmp_path):
     ck = checkpoint.load(out / "checkpoint.npz")
     assert all(name.endswith((".m", ".v")) for name in ck.optimizer_state["buffers"])
     assert ck.optimizer_state["steps"] == 15  # one epoch of Adam, not the SGD epoch before it
+
+
+def test_resume_refuses_another_dtype(tiny, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    result = invoke("train", "--resume", out, "--epochs", 2, "--dtype", "float64")
+    assert result.exit_code == 1
+    assert ("--dtype float64: this run trains in float32 and a resumed run keeps its dtype"
+            in result.stderr)
+    assert (out / "checkpoint.npz").read_bytes() == before
+    assert invoke("train", "--resume", out, "--epochs", 2, "--dtype", "float32").exit_code == 0
