@@ -98,15 +98,18 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} was saved from another model ({problem})")
 
 
-def save(path, model, optimizer=None, *, epoch: int, step: int = 0, order=None, **info) -> Path:
+def save(path, model, optimizer=None, *, epoch: int, step: int = 0, order=None,
+         model_state: dict | None = None, **info) -> Path:
     """Write ``model`` (and ``optimizer``) plus ``info`` (JSON-able: metrics, seed, config, ...)
-    to ``path`` atomically. Returns the path."""
+    to ``path`` atomically. Returns the path. ``model_state``: ``model.state_dict()`` when the
+    caller has it already."""
     from . import __version__
 
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "cnnx_version": __version__,
               "spec": model.spec(), "input_shape": list(model.input_shape or ()),
               "dtype": model.dtype, "epoch": int(epoch), "step": int(step), **info}
-    arrays = {f"model/{_component(k)}": np.asarray(v) for k, v in model.state_dict().items()}
+    state = model.state_dict() if model_state is None else model_state
+    arrays = {f"model/{_component(k)}": np.asarray(v) for k, v in state.items()}
     if optimizer is not None:
         header["optimizer"] = _split_arrays(optimizer.state_dict(), "optimizer", arrays)
     if order is not None:

@@ -155,7 +155,8 @@ class Session:
     def save(self, path: Path, epoch: int, step: int, partial: dict | None = None) -> Path:
         """Write a checkpoint; refuse (TrainingDiverged) to replace a good one by weights that
         are NaN or infinite."""
-        for name, value in self.model.state_dict().items():
+        state = self.model.state_dict()
+        for name, value in state.items():
             if not np.isfinite(value).all():
                 raise TrainingDiverged(
                     f"training diverged: parameter {name} became NaN or infinite in epoch "
@@ -164,7 +165,7 @@ class Session:
         ds = self.prep.dataset
         order = epoch_order(self.n, self.cfg.seed, epoch) if step else None
         return checkpoint.save(
-            path, self.model, self.optimizer, epoch=epoch, step=step, order=order,
+            path, self.model, self.optimizer, epoch=epoch, step=step, order=order, model_state=state,
             metrics=self.history, config=dataclasses.asdict(self.cfg), dataset=ds.name,
             class_names=ds.class_names, preprocess=self.prep.preprocess, best=self.best,
             rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
