@@ -25,8 +25,6 @@ def resolve(name: str):
     head, *rest = name.split(".")
     if head == "cnnx":
         head, *rest = rest
-        if head is None:
-            return None
     obj = None
     for package in PACKAGES:
         try:
@@ -34,7 +32,7 @@ def resolve(name: str):
             break
         except ModuleNotFoundError:
             module = importlib.import_module(package)
-            if hasattr(module, head) or head in getattr(module, "__all__", ()):
+            if hasattr(module, head):
                 obj = getattr(module, head)
                 break
     if obj is None:

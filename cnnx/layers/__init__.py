@@ -33,8 +33,7 @@ def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
     for key in ("kernel_size", "stride", "padding"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    _check_arguments(kind, cls, kwargs)
-    if "seed" in inspect.signature(cls).parameters:
+    if "seed" in _check_arguments(kind, cls, kwargs):
         kwargs.setdefault("seed", seed)
     try:
         return cls(**kwargs, dtype=dtype)
@@ -42,9 +41,9 @@ def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
         raise ValueError(f"{kind}: {exc}") from None
 
 
-def _check_arguments(kind: str, cls, kwargs: dict) -> None:
+def _check_arguments(kind: str, cls, kwargs: dict) -> dict:
     """Name the unknown and the missing constructor arguments of a layer spec (the dtype is
-    the whole model's, so a spec may not set it)."""
+    the whole model's, so a spec may not set it); returns the arguments the layer takes."""
     params = {name: p for name, p in inspect.signature(cls).parameters.items()
               if name != "dtype" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     unknown = [name for name in kwargs if name not in params]
@@ -54,3 +53,4 @@ def _check_arguments(kind: str, cls, kwargs: dict) -> None:
     missing = [name for name, p in params.items() if p.default is p.empty and name not in kwargs]
     if missing:
         raise ValueError(f"{kind}: missing argument(s) {', '.join(missing)}")
+    return params
