@@ -178,7 +178,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
 
 @cnnx.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--dataset", help="Dataset to evaluate on  [default: the checkpoint's]")
+@click.option("--dataset", help="Dataset whose test split to evaluate on (an .npz needs only "
+              "x_test and y_test)  [default: the checkpoint's]")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False))
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -188,7 +189,8 @@ def evaluate(checkpoint, dataset, data_dir, device, batch_size, as_json):
     """Score a checkpoint on a test set.
 
     Accuracy, loss, per-class accuracy and the confusion matrix of CHECKPOINT (a .npz file or
-    a run directory, whose checkpoint.npz is used) on the test split of --dataset.
+    a run directory, whose checkpoint.npz is used) on the test split of --dataset; the
+    training split is not read.
     """
     r = tools.evaluate_checkpoint(checkpoint, dataset, data_dir, device, batch_size, log=_log)
     if as_json:

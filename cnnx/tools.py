@@ -39,7 +39,8 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     model, ck = load_for_inference(path, device, log)
     saved = ck.header.get("config") or {}
     ds = data.load_dataset(dataset or saved.get("dataset") or "fashion-mnist",
-                           data_dir or (None if dataset else saved.get("data_dir")), log=log)
+                           data_dir or (None if dataset else saved.get("data_dir")), log=log,
+                           splits=("test",))
     if ds.input_shape != ck.input_shape:
         raise ValueError(f"{ck.path} expects images {ck.input_shape}, {ds.name} has {ds.input_shape}")
     out = evaluate(model, SoftmaxCrossEntropy(), preprocess(ck, ds.x_test), ds.y_test, batch_size)

@@ -90,6 +90,16 @@ def test_evaluate(run_dir):
     assert np.array(report["confusion_matrix"]).sum() == 200
 
 
+def test_evaluate_on_a_test_set_alone(run_dir, tiny, tmp_path):
+    """evaluate reads only the test split, so an .npz of test images alone will do."""
+    out, _ = run_dir
+    with np.load(tiny) as d:
+        np.savez(tmp_path / "held_out.npz", x_test=d["x_test"][:50], y_test=d["y_test"][:50])
+    report = json.loads(invoke("evaluate", out, "--dataset", tmp_path / "held_out.npz",
+                               "--json").stdout)
+    assert report["images"] == 50 and np.array(report["confusion_matrix"]).sum() == 50
+
+
 def test_predict_npy_and_png(run_dir, tiny, tmp_path):
     out, _ = run_dir
     with np.load(tiny) as d:

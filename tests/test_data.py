@@ -187,6 +187,28 @@ def test_cifar_batches_from_directory_and_archive(tmp_path):
     assert np.array_equal(from_tar.x_train, ds.x_train)
 
 
+def test_test_split_alone_never_reads_the_training_files(tmp_path):
+    """``splits=("test",)`` (what ``cnnx evaluate`` asks for) leaves the training files unread:
+    here they are garbage, and loading still succeeds with an empty training split."""
+    arrays = write_mnist_dir(tmp_path / "mnist")
+    (tmp_path / "mnist" / IDX_NAMES["x_train"]).write_bytes(b"not an IDX file")
+    cifar = tmp_path / "cifar10" / "cifar-10-batches-py"
+    _write_cifar_members(cifar)
+    (cifar / "data_batch_3").write_bytes(b"garbage")
+    for name, shape in (("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32))):
+        with pytest.raises(ValueError):
+            data.load_dataset(name, data_dir=tmp_path)   # both splits: the damage is found
+        ds = data.load_dataset(name, data_dir=tmp_path, splits=("test",))
+        assert ds.x_train.shape == (0,) + shape and ds.y_train.shape == (0,)
+        assert ds.input_shape == shape and len(ds.x_test) > 0 and ds.num_classes == 10
+    ds = data.load_dataset("mnist", data_dir=tmp_path, splits=("test",))
+    assert np.allclose(ds.x_test[:, 0] * 255, arrays["x_test"])
+    train_only = data.load_dataset("synthetic", splits=("train",))
+    assert len(train_only.x_train) > 0 and train_only.x_test.shape == (0,) + train_only.input_shape
+    with pytest.raises(ValueError, match="splits must be some of"):
+        data.load_dataset("synthetic", splits=("val",))
+
+
 def test_cifar_batch_validation():
     with pytest.raises(ValueError, match="lacks key"):
         formats.parse_cifar_batch(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8)}), "b")
@@ -237,6 +259,15 @@ def test_npz_with_wrong_keys_names_them(tmp_path):
     np.savez(tmp_path / "bad.npz", images=arrays["x_train"], y_train=arrays["y_train"])
     with pytest.raises(ValueError, match="missing key\\(s\\) x_train, x_test, y_test.*found: images"):
         data.load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_npz_needs_only_the_splits_asked_for(tmp_path):
+    arrays = tiny_arrays()
+    np.savez(tmp_path / "t.npz", x_test=arrays["x_test"], y_test=arrays["y_test"])
+    ds = data.load_dataset(str(tmp_path / "t.npz"), splits=("test",))
+    assert ds.x_test.shape == (10, 1, 28, 28) and ds.x_train.shape == (0, 1, 28, 28)
+    with pytest.raises(ValueError, match="missing key\\(s\\) x_train, y_train; .*found: x_test, y_test"):
+        data.load_dataset(str(tmp_path / "t.npz"))
 
 
 @pytest.mark.parametrize("change, message", [

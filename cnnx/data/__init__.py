@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
+SPLITS = ("train", "test")
 
 
 @dataclass
@@ -43,21 +44,31 @@ class Dataset:
         return max(len(self.class_names or ()), top)
 
 
-def load_dataset(name: str, data_dir=None, download: bool = True, log=None) -> Dataset:
+def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
+                 splits=SPLITS) -> Dataset:
     """Load a known dataset by name, or an ``.npz`` file by path.
 
-    ``log`` (a callable taking one string) hears about downloads. Raises DatasetNotFound or
-    ValueError with a one-line message for missing, corrupt or malformed data.
+    ``splits`` names the splits to read: a split left out is never read from disk (nor need an
+    ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
+    ``("test",)``, which spares CIFAR-10 its 600 MB of training images. ``log`` (a callable
+    taking one string) hears about downloads. Raises DatasetNotFound or ValueError with a
+    one-line message for missing, corrupt or malformed data.
     """
+    splits = tuple(splits)
+    if not splits or not set(splits) <= set(SPLITS):
+        raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
     if name == "synthetic":
-        return _from_dict("synthetic", make_synthetic(), "generated (seed 0)")
+        arrays = make_synthetic()
+        for split in set(SPLITS) - set(splits):
+            del arrays[f"x_{split}"], arrays[f"y_{split}"]
+        return _from_dict("synthetic", arrays, "generated (seed 0)")
     if name in KNOWN:
-        return _load_known(name, data_dir, download, log)
+        return _load_known(name, data_dir, download, log, splits)
     path = Path(name).expanduser()
     if path.suffix == ".npz" or path.is_file():
         if not path.is_file():
             raise ValueError(f"dataset file {path} does not exist")
-        return _from_dict(path.stem, formats.read_npz(path), str(path))
+        return _from_dict(path.stem, formats.read_npz(path, splits), str(path))
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or a path to an .npz")
 
 
@@ -69,11 +80,16 @@ def class_names_for(name: str) -> list | None:
 
 
 def _from_dict(name, d, source) -> Dataset:
+    """A Dataset from the arrays read; a split that was not read becomes empty."""
+    x_read = next(d[f"x_{split}"] for split in SPLITS if f"x_{split}" in d)
+    for split in SPLITS:
+        d.setdefault(f"x_{split}", x_read[:0])
+        d.setdefault(f"y_{split}", np.empty(0, np.int64))
     names = d.get("class_names") or class_names_for(name) or []
     return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(names), source)
 
 
-def _load_known(name, data_dir, download, log) -> Dataset:
+def _load_known(name, data_dir, download, log, splits) -> Dataset:
     known = KNOWN[name]
     found = locate(name, data_dir)
     if found is None:
@@ -83,31 +99,38 @@ def _load_known(name, data_dir, download, log) -> Dataset:
         found = locate(name, data_dir)
     directory, files = found
     if known.format == "cifar":
-        arrays = _read_cifar(files)
+        arrays = _read_cifar(files, splits)
     else:
-        x_train, y_train = formats.read_idx_pair(
-            files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"])
-        x_test, y_test = formats.read_idx_pair(
-            files["t10k-images-idx3-ubyte.gz"], files["t10k-labels-idx1-ubyte.gz"])
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+        arrays = {}
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            if split in splits:
+                arrays[f"x_{split}"], arrays[f"y_{split}"] = formats.read_idx_pair(
+                    files[f"{prefix}-images-idx3-ubyte.gz"], files[f"{prefix}-labels-idx1-ubyte.gz"])
     arrays["class_names"] = list(known.class_names)
     return _from_dict(name, arrays, str(directory))
 
 
-def _read_cifar(files: dict) -> dict:
+def _read_cifar(files: dict, splits) -> dict:
+    train_members, test_member = sources.CIFAR_MEMBERS[:-1], sources.CIFAR_MEMBERS[-1]
+    wanted = (train_members if "train" in splits else ()) + ((test_member,) if "test" in splits else ())
     if "archive" in files:
-        members = formats.read_cifar_tar(files["archive"])
+        members = formats.read_cifar_tar(files["archive"], wanted)
         where = lambda m: f"{files['archive']}:{m}"  # noqa: E731
     else:
-        members = {m: (files["dir"] / m).read_bytes() for m in sources.CIFAR_MEMBERS}
+        members = {m: (files["dir"] / m).read_bytes() for m in wanted}
         where = lambda m: files["dir"] / m  # noqa: E731
-    missing = [m for m in sources.CIFAR_MEMBERS if m not in members]
+    missing = [m for m in wanted if m not in members]
     if missing:
         raise ValueError(f"{files.get('archive')}: archive lacks {', '.join(missing)}")
-    train = [formats.parse_cifar_batch(members[m], where(m)) for m in sources.CIFAR_MEMBERS[:-1]]
-    x_test, y_test = formats.parse_cifar_batch(members["test_batch"], where("test_batch"))
-    return {"x_train": np.concatenate([x for x, _ in train]),
-            "y_train": np.concatenate([y for _, y in train]), "x_test": x_test, "y_test": y_test}
+    arrays = {}
+    if "train" in splits:
+        train = [formats.parse_cifar_batch(members[m], where(m)) for m in train_members]
+        arrays["x_train"] = np.concatenate([x for x, _ in train])
+        arrays["y_train"] = np.concatenate([y for _, y in train])
+    if "test" in splits:
+        arrays["x_test"], arrays["y_test"] = formats.parse_cifar_batch(members[test_member],
+                                                                       where(test_member))
+    return arrays
 
 
 def val_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):

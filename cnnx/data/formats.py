@@ -144,38 +144,40 @@ def parse_cifar_meta(raw: bytes, where) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
-def read_cifar_tar(path) -> dict[str, bytes]:
-    """The member files of ``cifar-10-python.tar.gz`` by base name (read in memory, never
-    extracted, so member paths cannot escape anywhere)."""
+def read_cifar_tar(path, wanted) -> dict[str, bytes]:
+    """The member files of ``cifar-10-python.tar.gz`` named in ``wanted``, by base name (read
+    in memory, never extracted, so member paths cannot escape anywhere)."""
     try:
         with tarfile.open(path, "r:gz") as tar:
             return {
-                Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()
+                Path(m.name).name: tar.extractfile(m).read()
+                for m in tar.getmembers() if m.isfile() and Path(m.name).name in wanted
             }
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ValueError(f"{path}: corrupt or truncated archive ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------- .npz
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def read_npz(path) -> dict:
-    """An ``.npz`` holding ``x_train, y_train, x_test, y_test`` (and optionally
-    ``class_names``): images as (N, H, W), (N, C, H, W) or (N, H, W, C) with C in 1..4."""
-    arrays, found = _load_npz(path, NPZ_KEYS + ("class_names",))
-    missing = [k for k in NPZ_KEYS if k not in arrays]
+def read_npz(path, splits=("train", "test")) -> dict:
+    """The ``splits`` of an ``.npz`` holding ``x_train, y_train, x_test, y_test`` (and
+    optionally ``class_names``): images as (N, H, W), (N, C, H, W) or (N, H, W, C) with C in
+    1..4. Only the splits asked for need be there, and only they are read."""
+    needed = tuple(f"{xy}_{split}" for split in splits for xy in "xy")
+    arrays, found = _load_npz(path, needed + ("class_names",))
+    missing = [k for k in needed if k not in arrays]
     if missing:
         raise ValueError(
             f"{path}: missing key(s) {', '.join(missing)}; an .npz dataset needs "
-            f"{', '.join(NPZ_KEYS)} (found: {', '.join(found) or 'none'})"
+            f"{', '.join(needed)} (found: {', '.join(found) or 'none'})"
         )
     out = {}
-    for split in ("train", "test"):
+    for split in splits:
         x = _images_to_nchw(arrays[f"x_{split}"], f"{path}: x_{split}")
         out[f"x_{split}"] = x
         out[f"y_{split}"] = _labels(arrays[f"y_{split}"], len(x), f"{path}: y_{split}")
-    if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+    if len(splits) == 2 and out["x_train"].shape[1:] != out["x_test"].shape[1:]:
         raise ValueError(f"{path}: x_train and x_test images differ in shape")
     names = arrays.get("class_names")
     out["class_names"] = [str(n) for n in names] if names is not None else None
