@@ -85,3 +85,20 @@ def test_code_identifiers_mentioned_exist(doc):
     names = {t for t in tokens if re.fullmatch(r"_*[a-z]+(_[a-z0-9]+)+|[A-Z][a-z]+([A-Z][a-z0-9]*)+", t)}
     missing = sorted(names - defined_names() - set(dir(builtins)))
     assert names and not missing
+
+
+def test_the_readme_library_example_runs(capsys):
+    """The README's Python example runs as printed, given the four arrays it leaves to the
+    reader (small synthetic ones here), and its model learns something in its three epochs."""
+    from cnnx.data.synthetic import make_synthetic
+
+    block = re.search(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"),
+                      re.S).group(1)
+    d = make_synthetic(500, 100)
+    names = {"x_train": d["x_train"], "y_train": d["y_train"],
+             "x_val": d["x_test"], "y_val": d["y_test"]}
+    exec(compile(block, "README.md", "exec"), names)
+    assert "total parameters: 206,922" in capsys.readouterr().out
+    assert [h["epoch"] for h in names["history"]] == [1, 2, 3]
+    assert names["history"][-1]["val_accuracy"] > 0.2   # chance is 0.1
+    assert set(names["conv"].grads) == {"W", "b"}
