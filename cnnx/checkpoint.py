@@ -21,6 +21,8 @@ with a one-line message for a missing, truncated, corrupt or foreign file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -130,21 +132,36 @@ def write_npz_atomic(path, arrays: dict) -> Path:
 def atomic_write(path, write, mode: str = "wb") -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``
     and fsync the directory: readers see the old content or the new, never a mix. On any
-    failure (even KeyboardInterrupt) the temp file is removed and ``path`` is untouched."""
+    failure (even KeyboardInterrupt) the temp file is removed and ``path`` is untouched; an
+    OSError (disk full, read-only or forbidden directory) is re-raised naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode.replace("w", "x")) as f:  # exclusive create; honours the umask
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # the temp file may never have been created
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _cannot_write(path, exc) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _cannot_write(path: Path, exc: OSError) -> OSError:
+    """``exc`` as one line naming the file: an error raised while writing or closing it (a
+    full disk) carries no file name of its own, and the temp file's name would mislead."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason += " (free some space, or write somewhere else)"
+    error = OSError(f"cannot write {path}: {reason}")
+    error.errno = exc.errno
+    return error
 
 
 def temporary_name(path: Path) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -131,6 +133,27 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, trained, mo
         checkpoint.save(path, model, optimizer, epoch=2)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["c.npz"]
+
+
+def test_a_failed_write_names_the_file_it_was_writing(tmp_path, monkeypatch):
+    """A full disk fails inside write or close, where the OSError carries no file name; a
+    temp file that could not be created must not replace the real error with its own name."""
+    def full_disk(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    target = tmp_path / "run" / "metrics.jsonl"
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(target))}: No space left "
+                                      "on device \\(free some space") as caught:
+        checkpoint.atomic_write(target, full_disk, mode="w")
+    assert caught.value.errno == errno.ENOSPC and os.listdir(tmp_path / "run") == []
+
+    monkeypatch.setattr(checkpoint, "temporary_name", lambda path: tmp_path / "gone" / "x.tmp")
+    with pytest.raises(OSError, match=f"^cannot write {re.escape(str(target))}: No such file"):
+        checkpoint.atomic_write(target, lambda f: f.write("x"), mode="w")
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="^cannot write .*file.*c.npz: "):
+        checkpoint.atomic_write(tmp_path / "file" / "c.npz", lambda f: None)
 
 
 def test_save_fsyncs_file_and_directory(tmp_path, trained, monkeypatch):
