@@ -211,8 +211,9 @@ def evaluate(checkpoint, dataset, data_dir, device, batch_size, as_json):
 def predict(checkpoint, files, top_k, device, as_json):
     """Classify images with a checkpoint.
 
-    FILES are .npy arrays (one image or a batch; uint8 or floats in [0, 1]) or PNG/JPEG
-    pictures (needs Pillow: pip install 'cnnx[images]'). A picture is converted to the model's
+    FILES are .npy arrays (one image or a batch; uint8 or floats in [0, 1]), PNG/JPEG
+    pictures (needs Pillow: pip install 'cnnx[images]'), or directories, which stand for the
+    .npy/.png/.jpg/.jpeg files in them, in name order. A picture is converted to the model's
     channels (grayscale or RGB) and resized to its input size, nothing more: a model trained
     on Fashion-MNIST expects a light garment on a black background. Prints the top-k classes
     with their probabilities, and class names when the checkpoint knows them.

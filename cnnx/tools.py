@@ -72,6 +72,22 @@ def read_images(path, shape) -> np.ndarray:
     return _to_batch(x, shape, path)
 
 
+def image_files(paths) -> list[Path]:
+    """``paths`` with each directory replaced by the image files in it (.npy, .png, .jpg,
+    .jpeg; not its subdirectories), sorted by name."""
+    files = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(p for p in path.iterdir()
+                       if p.is_file() and p.suffix.lower() in (".npy",) + IMAGE_SUFFIXES)
+        if not found:
+            raise ValueError(f"{path}: a directory without .npy, .png, .jpg or .jpeg files")
+        files.extend(found)
+    return files
+
+
 def _read_picture(path: Path, shape) -> np.ndarray:
     try:
         from PIL import Image
@@ -113,6 +129,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def predict_files(path, files, top_k=3, device="auto", log=None) -> list:
     """Top-k classes with probabilities for every image in ``files``."""
+    files = image_files(files)
     model, ck = load_for_inference(path, device, log)
     names = ck.header.get("class_names") or []
     results = []

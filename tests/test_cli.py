@@ -118,6 +118,28 @@ def test_predict_npy_and_png(run_dir, tiny, tmp_path):
     assert invoke("predict", out, tmp_path / "x.png").exit_code == 0
 
 
+def test_predict_a_directory(run_dir, tiny, tmp_path):
+    """A directory stands for its image files, in name order; other files and subdirectories
+    are passed over; a directory without images is a one-line error."""
+    out, _ = run_dir
+    with np.load(tiny) as d:
+        images = d["x_test"][:3]
+    pictures = tmp_path / "pictures"
+    (pictures / "nested").mkdir(parents=True)
+    for name, image in zip(["b.npy", "a.NPY", "c.npy"], images):
+        with open(pictures / name, "wb") as f:   # np.save would add ".npy" to "a.NPY"
+            np.save(f, image)
+    np.save(pictures / "nested" / "d.npy", images[0])
+    (pictures / "notes.txt").write_text("not an image")
+    rows = json.loads(invoke("predict", out, pictures, "--json").stdout)
+    assert [os.path.basename(r["file"]) for r in rows] == ["a.NPY", "b.npy", "c.npy"]
+    one_by_one = json.loads(invoke("predict", out, pictures / "a.NPY", "--json").stdout)
+    assert rows[0]["top"] == one_by_one[0]["top"]
+    (tmp_path / "empty").mkdir()
+    assert "empty: a directory without .npy, .png" in one_line_error(
+        invoke("predict", out, tmp_path / "empty"))
+
+
 def test_summary_and_json_model(tmp_path):
     result = invoke("summary", "reference")
     assert result.exit_code == 0
