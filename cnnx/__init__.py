@@ -5,13 +5,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import layers, losses, optim  # noqa: E402
+from . import checkpoint, layers, losses, optim  # noqa: E402
 from .backends import available_backends, get_backend  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402
 from .model import ModelSpecError, Sequential, from_spec  # noqa: E402
 from .train import TrainingDiverged, evaluate, fit, predict  # noqa: E402
 
 __all__ = [
-    "Sequential", "from_spec", "ModelSpecError", "layers", "losses", "optim", "fit", "evaluate",
-    "predict", "TrainingDiverged", "gradcheck", "get_backend", "available_backends", "__version__",
+    "Sequential", "from_spec", "ModelSpecError", "layers", "losses", "optim", "checkpoint", "fit",
+    "evaluate", "predict", "TrainingDiverged", "gradcheck", "get_backend", "available_backends",
+    "__version__",
 ]

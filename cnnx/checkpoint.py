@@ -100,7 +100,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} was saved from another model ({problem})")
 
 
-def save(path, model, optimizer=None, *, epoch: int, step: int = 0, order=None,
+def save(path, model, optimizer=None, *, epoch: int = 0, step: int = 0, order=None,
          model_state: dict | None = None, **info) -> Path:
     """Write ``model`` (and ``optimizer``) plus ``info`` (JSON-able: metrics, seed, config, ...)
     to ``path`` atomically. Returns the path. ``model_state``: ``model.state_dict()`` when the

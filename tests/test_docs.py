@@ -8,7 +8,11 @@ import importlib
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import cnnx
+from cnnx import tools
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "docs/tour.md"]
@@ -87,7 +91,7 @@ def test_code_identifiers_mentioned_exist(doc):
     assert names and not missing
 
 
-def test_the_readme_library_example_runs(capsys):
+def test_the_readme_library_example_runs(capsys, tmp_path, monkeypatch):
     """The README's Python example runs as printed, given the four arrays it leaves to the
     reader (small synthetic ones here), and its model learns something in its three epochs."""
     from cnnx.data.synthetic import make_synthetic
@@ -97,8 +101,14 @@ def test_the_readme_library_example_runs(capsys):
     d = make_synthetic(500, 100)
     names = {"x_train": d["x_train"], "y_train": d["y_train"],
              "x_val": d["x_test"], "y_val": d["y_test"]}
+    monkeypatch.chdir(tmp_path)   # the example writes model.npz
     exec(compile(block, "README.md", "exec"), names)
     assert "total parameters: 206,922" in capsys.readouterr().out
     assert [h["epoch"] for h in names["history"]] == [1, 2, 3]
     assert names["history"][-1]["val_accuracy"] > 0.2   # chance is 0.1
     assert set(names["conv"].grads) == {"W", "b"}
+    model, same, x = names["model"], names["same"], d["x_test"][:8]
+    assert np.array_equal(cnnx.predict(model, x), cnnx.predict(same, x))
+    np.save(tmp_path / "x.npy", x[:1])   # cnnx predict reads the saved file, class names too
+    rows = tools.predict_files(tmp_path / "model.npz", [tmp_path / "x.npy"], device="cpu")
+    assert rows[0]["top"][0]["name"] == str(int(np.argmax(cnnx.predict(model, x[:1]))))
