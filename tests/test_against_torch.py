@@ -1,11 +1,14 @@
 """Every layer and loss against PyTorch in float64 (relative error ≤ 1e-10), through the public
-contract only: NCHW, W (out, in, kh, kw) / (out, in), mean-reduced losses. Runs where torch is
-installed (``pip install torch`` — a benchmark/test-only dependency)."""
+contract only: NCHW, W (out, in, kh, kw) / (out, in), mean-reduced losses. Convolution and
+pooling also over hypothesis-drawn geometries, on every backend (the CUDA kernels included).
+Runs where torch is installed (``pip install torch`` — a benchmark/test-only dependency)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -39,20 +42,101 @@ def test_conv2d(k, s, p):
     _close(conv.grads["b"], tb.grad)
 
 
-@pytest.mark.parametrize("cls, fn", [(layers.MaxPool2D, F.max_pool2d), (layers.AvgPool2D, F.avg_pool2d)])
-@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1))])
-def test_pooling(cls, fn, k, s, p):
-    rng = np.random.default_rng(1)
-    x = rng.permutation(np.linspace(-1, 1, 2 * 3 * 9 * 8)).reshape(2, 3, 9, 8)
-    pool = cls(k, stride=s, padding=p, dtype="float64")
-    y = pool.forward(x)
-    dy = rng.standard_normal(y.shape)
+def _pool_against_torch(backend, cls, fn, x, k, s, p):
+    pool = cls(k, stride=s, padding=p, dtype="float64").to(backend)
+    y = backend.to_numpy(pool.forward(backend.asarray(x)))
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx = backend.to_numpy(pool.backward(backend.asarray(dy)))
     tx = torch.tensor(x, requires_grad=True)
     ty = fn(tx, k, stride=s if s is not None else k, padding=p)
     ty.backward(torch.tensor(dy))
     _close(y, ty)
-    _close(pool.backward(dy), tx.grad)
+    _close(dx, tx.grad)
 
+
+def _ties(rng, shape):
+    """Few distinct values, half of them 0 as after a ReLU: windows with several equal maxima."""
+    return np.maximum(rng.integers(-2, 3, shape), 0) / 2.0
+
+
+@pytest.mark.parametrize("cls, fn", [(layers.MaxPool2D, F.max_pool2d), (layers.AvgPool2D, F.avg_pool2d)])
+@pytest.mark.parametrize("k, s, p", [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1))])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pooling(backend, cls, fn, k, s, p, ties):
+    """With ``ties``, max-pooling's gradient lands on PyTorch's cell only if both take the
+    first maximum of a window in row-major order."""
+    rng = np.random.default_rng(1)
+    shape = (2, 3, 9, 8)
+    x = _ties(rng, shape) if ties else rng.permutation(np.linspace(-1, 1, np.prod(shape))).reshape(shape)
+    _pool_against_torch(backend, cls, fn, x, k, s, p)
+
+
+conv_geometry = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "cin": st.integers(1, 4), "cout": st.integers(1, 4),
+    "h": st.integers(1, 10), "w": st.integers(1, 10), "kh": st.integers(1, 4),
+    "kw": st.integers(1, 4), "sh": st.integers(1, 3), "sw": st.integers(1, 3),
+    "ph": st.integers(0, 2), "pw": st.integers(0, 2), "same": st.booleans(),
+    "relu": st.booleans(),
+})
+
+
+@given(g=conv_geometry)
+def test_conv2d_sweep(backend, g):
+    """Conv2D (forward, dX, dW, db; plain or with its fused ReLU) on every backend against
+    PyTorch over hypothesis-drawn shapes, strides and paddings, "same" with an even kernel
+    (the extra row/column at the bottom/right: PyTorch gets it by F.pad) included."""
+    if g["same"]:
+        stride, padding = 1, "same"
+        pt, pl = (g["kh"] - 1) // 2, (g["kw"] - 1) // 2
+        pads = (pl, g["kw"] - 1 - pl, pt, g["kh"] - 1 - pt)  # F.pad: left, right, top, bottom
+    else:
+        stride, padding = (g["sh"], g["sw"]), (g["ph"], g["pw"])
+        pads = (g["pw"], g["pw"], g["ph"], g["ph"])
+    if g["h"] + pads[2] + pads[3] < g["kh"] or g["w"] + pads[0] + pads[1] < g["kw"]:
+        return  # the kernel does not fit
+    rng = np.random.default_rng(0)
+    conv = layers.Conv2D(g["cin"], g["cout"], (g["kh"], g["kw"]), stride=stride,
+                         padding=padding, activation="relu" if g["relu"] else None,
+                         dtype="float64")
+    conv.params["b"] = rng.standard_normal(g["cout"])
+    w, b = conv.params["W"], conv.params["b"]
+    conv.to(backend)
+    x = rng.standard_normal((g["n"], g["cin"], g["h"], g["w"]))
+    y = backend.to_numpy(conv.forward(backend.asarray(x)))
+    dy = rng.standard_normal(y.shape)
+    dx = backend.to_numpy(conv.backward(backend.asarray(dy)))
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = F.conv2d(F.pad(tx, pads), tw, tb, stride=stride)
+    if g["relu"]:
+        ty = F.relu(ty)
+    ty.backward(torch.tensor(dy))
+    _close(y, ty)
+    _close(dx, tx.grad)
+    _close(backend.to_numpy(conv.grads["W"]), tw.grad)
+    _close(backend.to_numpy(conv.grads["b"]), tb.grad)
+
+
+pool_geometry = st.fixed_dictionaries({
+    "n": st.integers(1, 3), "c": st.integers(1, 3), "h": st.integers(1, 10),
+    "w": st.integers(1, 10), "kh": st.integers(1, 4), "kw": st.integers(1, 4),
+    "sh": st.integers(1, 3), "sw": st.integers(1, 3), "ph": st.integers(0, 2),
+    "pw": st.integers(0, 2), "ties": st.booleans(),
+})
+
+
+@pytest.mark.parametrize("cls, fn", [(layers.MaxPool2D, F.max_pool2d), (layers.AvgPool2D, F.avg_pool2d)])
+@given(g=pool_geometry)
+def test_pooling_sweep(backend, cls, fn, g):
+    """Max and average pooling on every backend against PyTorch over hypothesis-drawn
+    geometries, with and without ties."""
+    k, s = (g["kh"], g["kw"]), (g["sh"], g["sw"])
+    p = (min(g["ph"], g["kh"] // 2), min(g["pw"], g["kw"] // 2))  # PyTorch's limit
+    if g["h"] + 2 * p[0] < k[0] or g["w"] + 2 * p[1] < k[1]:
+        return
+    rng = np.random.default_rng(1)
+    shape = (g["n"], g["c"], g["h"], g["w"])
+    x = _ties(rng, shape) if g["ties"] else rng.standard_normal(shape)
+    _pool_against_torch(backend, cls, fn, x, k, s, p)
 
 def test_dense_and_activations():
     rng = np.random.default_rng(2)
