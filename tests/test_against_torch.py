@@ -138,32 +138,40 @@ def test_pooling_sweep(backend, cls, fn, g):
     x = _ties(rng, shape) if g["ties"] else rng.standard_normal(shape)
     _pool_against_torch(backend, cls, fn, x, k, s, p)
 
-def test_dense_and_activations():
+
+def test_dense_and_activations(backend):
+    on, back = backend.asarray, backend.to_numpy
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 7)) * 3
-    dense = layers.Dense(7, 4, dtype="float64")
-    y = dense.forward(x)
-    dy = rng.standard_normal(y.shape)
-    tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(dense.params["W"], requires_grad=True)
-    ty = F.linear(tx, tw, torch.tensor(dense.params["b"]))
-    ty.backward(torch.tensor(dy))
-    _close(y, ty)
-    _close(dense.backward(dy), tx.grad)
-    _close(dense.grads["W"], tw.grad)
+    for activation in (None, "relu"):
+        dense = layers.Dense(7, 4, activation=activation, dtype="float64")
+        dense.params["b"] = rng.standard_normal(4)
+        w, b = dense.params["W"], dense.params["b"]
+        dense.to(backend)
+        y = back(dense.forward(on(x)))
+        dy = rng.standard_normal(y.shape)
+        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+        ty = F.linear(tx, tw, tb)
+        if activation:
+            ty = F.relu(ty)
+        ty.backward(torch.tensor(dy))
+        _close(y, ty)
+        _close(back(dense.backward(on(dy))), tx.grad)
+        _close(back(dense.grads["W"]), tw.grad)
+        _close(back(dense.grads["b"]), tb.grad)
     for cls, fn in [(layers.ReLU, torch.relu), (layers.Sigmoid, torch.sigmoid),
                     (layers.Tanh, torch.tanh), (layers.Softmax, lambda t: torch.softmax(t, 1))]:
-        layer = cls(dtype="float64")
+        layer = cls(dtype="float64").to(backend)
         dy = rng.standard_normal(x.shape)
         tx = torch.tensor(x, requires_grad=True)
         ty = fn(tx)
         ty.backward(torch.tensor(dy))
-        _close(layer.forward(x), ty)
-        _close(layer.backward(dy), tx.grad)
+        _close(back(layer.forward(on(x))), ty)
+        _close(back(layer.backward(on(dy))), tx.grad)
 
 
 @pytest.mark.parametrize("name", ["ce", "ce_onehot", "bce", "mse"])
-def test_losses(name):
+def test_losses(backend, name):
     rng = np.random.default_rng(3)
     z = rng.standard_normal((6, 5)) * 4
     tz = torch.tensor(z, requires_grad=True)
@@ -177,53 +185,55 @@ def test_losses(name):
     else:
         target = rng.standard_normal((6, 5))
         ours, theirs = losses.MSE(), F.mse_loss(tz, torch.tensor(target))
-    value = ours.forward(z, target)
+    ours.to(backend)
+    value = ours.forward(backend.asarray(z), backend.asarray(target))
     theirs.backward()
     assert abs(float(value) - theirs.item()) <= 1e-10 * abs(theirs.item())
-    _close(ours.backward(), tz.grad)
+    _close(backend.to_numpy(ours.backward()), tz.grad)
 
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("batch_last", [False, True])
-def test_batchnorm2d(training, relu, batch_last):
+def test_batchnorm2d(backend, training, relu, batch_last):
     # batch_last: the memory a CPU convolution hands out, which takes cpu_norm.py's path
+    on, back = backend.asarray, backend.to_numpy
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
     if batch_last:
         x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     bn = layers.BatchNorm2D(3, activation="relu" if relu else None, dtype="float64")
-    bn.params["gamma"] = rng.uniform(0.5, 2, 3)
-    bn.params["beta"] = rng.standard_normal(3)
+    gamma, beta = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
     rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    bn.params = {"gamma": gamma.copy(), "beta": beta.copy()}
     bn.buffers = {"running_mean": rm.copy(), "running_var": rv.copy()}
+    bn.to(backend)
     if not training:
         bn.eval()
-    y = bn.forward(x)
+    y = back(bn.forward(on(x)))
     dy = rng.standard_normal(y.shape)
-    tx = torch.tensor(x, requires_grad=True)
-    tg = torch.tensor(bn.params["gamma"], requires_grad=True)
-    tb = torch.tensor(bn.params["beta"], requires_grad=True)
+    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
     trm, trv = torch.tensor(rm), torch.tensor(rv)
     ty = F.batch_norm(tx, trm, trv, tg, tb, training=training, momentum=0.1, eps=1e-5)
     if relu:
         ty = F.relu(ty)
     ty.backward(torch.tensor(dy))
     _close(y, ty)
-    _close(bn.backward(dy), tx.grad)
-    _close(bn.grads["gamma"], tg.grad)
-    _close(bn.grads["beta"], tb.grad)
-    _close(bn.buffers["running_mean"], trm)
-    _close(bn.buffers["running_var"], trv)
+    _close(back(bn.backward(on(dy))), tx.grad)
+    _close(back(bn.grads["gamma"]), tg.grad)
+    _close(back(bn.grads["beta"]), tb.grad)
+    _close(back(bn.buffers["running_mean"]), trm)
+    _close(back(bn.buffers["running_var"]), trv)
 
 
 @pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "adamw"])
-def test_optimizers(name):
+def test_optimizers(backend, name):
     from cnnx import Sequential, optim
     rng = np.random.default_rng(5)
     model = Sequential([layers.Dense(4, 3, dtype="float64")], seed=0)
     tw = torch.tensor(model.layers[0].params["W"].copy(), requires_grad=True)
     tb = torch.tensor(model.layers[0].params["b"].copy(), requires_grad=True)
+    model.to(backend)
     ours, theirs = {
         "sgd": (lambda: optim.SGD(model, 0.1, momentum=0.9, weight_decay=0.01),
                 lambda: torch.optim.SGD([tw, tb], 0.1, momentum=0.9, weight_decay=0.01)),
@@ -237,12 +247,12 @@ def test_optimizers(name):
     ours, theirs = ours(), theirs()
     for _ in range(4):
         gw, gb = rng.standard_normal((3, 4)), rng.standard_normal(3)
-        model.layers[0].grads = {"W": gw, "b": gb}
+        model.layers[0].grads = {"W": backend.asarray(gw), "b": backend.asarray(gb)}
         ours.step()
         tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
         theirs.step()
-    _close(model.layers[0].params["W"], tw)
-    _close(model.layers[0].params["b"], tb)
+    _close(backend.to_numpy(model.layers[0].params["W"]), tw)
+    _close(backend.to_numpy(model.layers[0].params["b"]), tb)
 
 
 @pytest.mark.parametrize("name", ["sgd-momentum", "adam"])
