@@ -20,6 +20,8 @@ from .models import PRESETS
 
 DEFAULTS = run.TrainConfig()
 USER_ERRORS = (ValueError, DeviceError, OSError)  # CheckpointError, DatasetNotFound: ValueErrors
+INPUT_SHAPE_HELP = ("C,H,W: the images to size a preset for (default 1,28,28), or the input of a "
+                    "JSON model without one.")
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
@@ -106,7 +108,8 @@ def cnnx():
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--model", default=DEFAULTS.model, show_default=True,
-              help=f"A preset ({', '.join(PRESETS)}) or a JSON file describing the layers.")
+              help=f"A preset ({', '.join(PRESETS)}; sized to the dataset's images and "
+              "classes) or a JSON file describing the layers.")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True)
@@ -229,7 +232,7 @@ def predict(checkpoint, files, top_k, device, as_json):
 
 @cnnx.command()
 @click.argument("model")
-@click.option("--input-shape", callback=_shape, help="C,H,W (for JSON models without one).")
+@click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)
 @debug_option
@@ -245,7 +248,7 @@ def summary(model, input_shape, dtype):
 
 @cnnx.command()
 @click.argument("model")
-@click.option("--input-shape", callback=_shape, help="C,H,W (for JSON models without one).")
+@click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-6,
               show_default=True, help="Largest relative error accepted.")
 @click.option("--max-elements", type=click.IntRange(min=1), default=30, show_default=True,

@@ -1,5 +1,8 @@
 """Named model presets and JSON model files: ``build("reference")`` or ``build("my.json")``.
 
+A preset is a function ``(dtype, input_shape, classes) -> layers``, sized for the images and
+classes of the dataset it trains on (Fashion-MNIST's 1x28x28 and 10 by default).
+
 A JSON model file is either a list of layer objects (``Layer.config()``) or an object
 ``{"input_shape": [C, H, W], "layers": [...]}``.
 """
@@ -7,6 +10,7 @@ A JSON model file is either a list of layer objects (``Layer.config()``) or an o
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
@@ -14,37 +18,59 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .model import ModelSpecError, Sequential, from_spec
 
 
-def reference(dtype="float32"):
-    """The reference CNN of the project: conv3x3(1→16, pad 1)–ReLU–maxpool2–conv3x3(16→32,
-    pad 1)–ReLU–maxpool2–flatten–dense(1568→128)–ReLU–dense(128→10); 28x28x1 input."""
-    return [
-        Conv2D(1, 16, 3, padding=1, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+#: The input a preset is sized for when no dataset says otherwise: Fashion-MNIST's.
+DEFAULT_INPUT = (1, 28, 28)
+
+
+def flat_size(features, input_shape) -> int:
+    """Numbers per example that ``features`` (the layers before a Flatten) put out for
+    ``input_shape``; ValueError naming the layer when the images are too small for them."""
+    shape = tuple(input_shape)
+    for index, layer in enumerate(features):
+        try:
+            shape = layer.output_shape(shape)
+        except ValueError as exc:
+            raise ValueError(f"layer {index} ({exc})") from None
+    return math.prod(shape)
+
+
+def reference(dtype="float32", input_shape=DEFAULT_INPUT, classes=10):
+    """The reference CNN of the project: conv3x3(C→16, pad 1)–ReLU–maxpool2–conv3x3(16→32,
+    pad 1)–ReLU–maxpool2–flatten–dense(→128)–ReLU–dense(128→classes); on 28x28x1 input the
+    flatten holds 32·7·7 = 1568 numbers."""
+    features = [
+        Conv2D(input_shape[0], 16, 3, padding=1, activation="relu", dtype=dtype),
+        MaxPool2D(2, dtype=dtype),
         Conv2D(16, 32, 3, padding=1, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
-        Flatten(dtype=dtype),
-        Dense(32 * 7 * 7, 128, activation="relu", dtype=dtype), Dense(128, 10, dtype=dtype),
-    ], (1, 28, 28)
+    ]
+    return [*features, Flatten(dtype=dtype),
+            Dense(flat_size(features, input_shape), 128, activation="relu", dtype=dtype),
+            Dense(128, classes, dtype=dtype)]
 
 
-def lenet5(dtype="float32"):
-    """LeNet-5 in its common modern form (ReLU, max-pool) for 28x28x1 input (conv1 pads 2)."""
-    return [
-        Conv2D(1, 6, 5, padding=2, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
+def lenet5(dtype="float32", input_shape=DEFAULT_INPUT, classes=10):
+    """LeNet-5 in its common modern form (ReLU, max-pool; conv1 pads 2, so 28x28 input gives
+    the original's 16·5·5 = 400 features before the dense layers)."""
+    features = [
+        Conv2D(input_shape[0], 6, 5, padding=2, activation="relu", dtype=dtype),
+        MaxPool2D(2, dtype=dtype),
         Conv2D(6, 16, 5, activation="relu", dtype=dtype), MaxPool2D(2, dtype=dtype),
-        Flatten(dtype=dtype),
-        Dense(16 * 5 * 5, 120, activation="relu", dtype=dtype),
-        Dense(120, 84, activation="relu", dtype=dtype), Dense(84, 10, dtype=dtype),
-    ], (1, 28, 28)
+    ]
+    return [*features, Flatten(dtype=dtype),
+            Dense(flat_size(features, input_shape), 120, activation="relu", dtype=dtype),
+            Dense(120, 84, activation="relu", dtype=dtype), Dense(84, classes, dtype=dtype)]
 
 
-def seed_cnn(dtype="float32"):
+def seed_cnn(dtype="float32", input_shape=DEFAULT_INPUT, classes=10):
     """Seed 001's network (eq. 23): (conv–ReLU–maxpool) x2, flatten, dense–ReLU, dense, softmax
-    (fused into the cross-entropy loss). Sized for 28x28x1."""
-    return [
-        Conv2D(1, 8, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
+    (fused into the cross-entropy loss); 16·5·5 = 400 features on 28x28 input."""
+    features = [
+        Conv2D(input_shape[0], 8, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
         Conv2D(8, 16, 3, dtype=dtype), ReLU(dtype=dtype), MaxPool2D(2, dtype=dtype),
-        Flatten(dtype=dtype), Dense(16 * 5 * 5, 64, dtype=dtype), ReLU(dtype=dtype),
-        Dense(64, 10, dtype=dtype),
-    ], (1, 28, 28)
+    ]
+    return [*features, Flatten(dtype=dtype),
+            Dense(flat_size(features, input_shape), 64, dtype=dtype), ReLU(dtype=dtype),
+            Dense(64, classes, dtype=dtype)]
 
 
 def seed002_net(dtype="float32", in_shape=(1, 8, 8), outputs=1):
@@ -65,28 +91,31 @@ def _conv_bn_relu(cin, cout, dtype):
             BatchNorm2D(cout, activation="relu", dtype=dtype)]
 
 
-def fmnist_small(dtype="float32"):
+def fmnist_small(dtype="float32", input_shape=DEFAULT_INPUT, classes=10):
     """Fewer than 100K parameters for Fashion-MNIST: three conv–BN–ReLU–maxpool blocks
-    (32, 64, 64 channels), then dense 576→64→10."""
-    return [
-        *_conv_bn_relu(1, 32, dtype), MaxPool2D(2, dtype=dtype),
+    (32, 64, 64 channels), then dense 576→64→classes (576 = 64·3·3 on 28x28 input)."""
+    features = [
+        *_conv_bn_relu(input_shape[0], 32, dtype), MaxPool2D(2, dtype=dtype),
         *_conv_bn_relu(32, 64, dtype), MaxPool2D(2, dtype=dtype),
         *_conv_bn_relu(64, 64, dtype), MaxPool2D(2, dtype=dtype),
-        Flatten(dtype=dtype), Dense(64 * 3 * 3, 64, activation="relu", dtype=dtype),
-        Dense(64, 10, dtype=dtype),
-    ], (1, 28, 28)
+    ]
+    return [*features, Flatten(dtype=dtype),
+            Dense(flat_size(features, input_shape), 64, activation="relu", dtype=dtype),
+            Dense(64, classes, dtype=dtype)]
 
 
-def fmnist_bn(dtype="float32"):
+def fmnist_bn(dtype="float32", input_shape=DEFAULT_INPUT, classes=10):
     """Two conv blocks with batch norm (conv–BN–ReLU ×2, maxpool; 32 then 64 channels), then
-    dense 3136→128 with batch norm and dropout."""
-    return [
-        *_conv_bn_relu(1, 32, dtype), *_conv_bn_relu(32, 32, dtype), MaxPool2D(2, dtype=dtype),
+    dense 3136→128 (3136 = 64·7·7 on 28x28 input) with batch norm and dropout."""
+    features = [
+        *_conv_bn_relu(input_shape[0], 32, dtype), *_conv_bn_relu(32, 32, dtype),
+        MaxPool2D(2, dtype=dtype),
         *_conv_bn_relu(32, 64, dtype), *_conv_bn_relu(64, 64, dtype), MaxPool2D(2, dtype=dtype),
-        Flatten(dtype=dtype), Dropout(0.25, dtype=dtype), Dense(64 * 7 * 7, 128, dtype=dtype),
-        BatchNorm1D(128, dtype=dtype), ReLU(dtype=dtype), Dropout(0.25, dtype=dtype),
-        Dense(128, 10, dtype=dtype),
-    ], (1, 28, 28)
+    ]
+    return [*features, Flatten(dtype=dtype), Dropout(0.25, dtype=dtype),
+            Dense(flat_size(features, input_shape), 128, dtype=dtype),
+            BatchNorm1D(128, dtype=dtype), ReLU(dtype=dtype), Dropout(0.25, dtype=dtype),
+            Dense(128, classes, dtype=dtype)]
 
 
 PRESETS = {"reference": reference, "lenet5": lenet5, "seed-cnn": seed_cnn,
@@ -110,11 +139,20 @@ def recipe(name: str) -> dict:
     return dict(RECIPES.get(name, {}))
 
 
-def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None) -> Sequential:
-    """A Sequential from a preset name or a JSON model file path."""
+def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None,
+          classes: int = 10) -> Sequential:
+    """A Sequential from a preset name or a JSON model file path.
+
+    A preset is sized for ``input_shape`` (C, H, W; default 1x28x28) and ``classes`` outputs:
+    its first convolution takes C channels, its first dense layer the features the
+    convolutions leave. ValueError when the images are too small for it. A JSON file's layers
+    are taken as written.
+    """
     if name in PRESETS:
-        layers, shape = PRESETS[name](dtype)
-        return Sequential(layers, input_shape=input_shape or shape, seed=seed)
+        shape = tuple(input_shape or DEFAULT_INPUT)
+        if len(shape) != 3:
+            raise ValueError(f"input shape must be (C, H, W), got {shape}")
+        return Sequential(PRESETS[name](dtype, shape, classes), input_shape=shape, seed=seed)
     if name.endswith(".json") or os.path.sep in name:
         return _from_json(name, dtype, seed, input_shape)
     raise ModelSpecError(f"unknown model {name!r}: use one of {', '.join(PRESETS)} or a .json file")

@@ -114,7 +114,8 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
 def build_model(cfg: TrainConfig, ds: data.Dataset):
     """The model named by ``cfg.model`` sized for the dataset; ValueError when it cannot fit."""
     try:
-        model = models.build(cfg.model, dtype=cfg.dtype, seed=cfg.seed, input_shape=ds.input_shape)
+        model = models.build(cfg.model, dtype=cfg.dtype, seed=cfg.seed, input_shape=ds.input_shape,
+                             classes=ds.num_classes)
     except models.ModelSpecError:
         raise  # the description itself is wrong: its message says where
     except ValueError as exc:

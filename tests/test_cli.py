@@ -292,11 +292,29 @@ def test_corrupt_idx_npz_keys_and_shapes(tiny, tmp_path):
     error = one_line_error(invoke(*train_args(tmp_path / "keys.npz", tmp_path / "o")))
     assert "missing key(s) x_train, y_train, x_test, y_test" in error
     d = make_synthetic(20, 10)
-    np.savez(tmp_path / "rgb.npz", **{k: d[k] for k in ("y_train", "y_test")},
-             x_train=np.zeros((20, 3, 32, 32), np.float32), x_test=np.zeros((10, 3, 32, 32)))
-    error = one_line_error(invoke(*train_args(tmp_path / "rgb.npz", tmp_path / "o")))
-    assert "does not fit" in error
+    np.savez(tmp_path / "small.npz", **{k: d[k] for k in ("y_train", "y_test")},
+             x_train=np.zeros((20, 3, 8, 8), np.float32), x_test=np.zeros((10, 3, 8, 8)))
+    error = one_line_error(invoke(*train_args(tmp_path / "small.npz", tmp_path / "o")))
+    assert re.match(r"Error: model 'seed-cnn' does not fit small images \(3, 8, 8\): "
+                    r"layer 5 \(MaxPool2D", error)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("model", sorted(cnnx.models.PRESETS))
+def test_presets_take_the_datasets_shape_and_classes(tmp_path, model):
+    """`cnnx train --dataset cifar10` works with every preset: a preset's first convolution
+    takes the images' channels, its first dense layer what the convolutions leave of them, and
+    its last layer has one output per class (here RGB 32x32 images in 5 classes)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb.npz", x_train=rng.random((40, 32, 32, 3)), y_train=np.arange(40) % 5,
+             x_test=rng.random((10, 32, 32, 3)), y_test=np.arange(10) % 5)
+    result = invoke("train", "--device", "cpu", "--dataset", tmp_path / "rgb.npz", "--model", model,
+                    "--epochs", 1, "--batch-size", 20, "--out", tmp_path / "o", "--quiet")
+    assert result.exit_code == 0, result.output
+    ck = checkpoint.load(tmp_path / "o")
+    assert ck.input_shape == (3, 32, 32) and ck.spec[0]["in_channels"] == 3
+    assert ck.spec[-1]["out_features"] == 5
+    assert ck.build_model().shapes()[-1] == (5,)
 
 
 BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
