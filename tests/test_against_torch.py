@@ -22,36 +22,37 @@ def _close(ours, theirs):
     assert np.abs(np.asarray(ours) - theirs).max() / scale <= 1e-10
 
 
-@pytest.mark.parametrize("k, s, p", [(3, 1, 1), ((2, 3), (2, 1), (1, 0)), (4, 3, 2), (1, 1, 0)])
-def test_conv2d(k, s, p):
-    rng = np.random.default_rng(0)
-    conv = layers.Conv2D(3, 4, k, stride=s, padding=p, dtype="float64")
-    conv.params["b"] = rng.standard_normal(4)
-    x = rng.standard_normal((2, 3, 9, 8))
-    y = conv.forward(x)
-    dy = rng.standard_normal(y.shape)
-    dx = conv.backward(dy)
+def _compare_layer(backend, layer, x, params, torch_layer):
+    """Give ``layer`` the parameters ``params`` (NumPy), run its forward and backward on
+    ``backend``, and compare the output, dL/dx and every parameter's gradient with PyTorch's,
+    where ``torch_layer(tx, tparams)`` is the same layer written with torch functions."""
+    layer.params = {k: np.array(v) for k, v in params.items()}
+    layer.to(backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(x)))
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    dx = backend.to_numpy(layer.backward(backend.asarray(dy)))
     tx = torch.tensor(x, requires_grad=True)
-    tw = torch.tensor(conv.params["W"], requires_grad=True)
-    tb = torch.tensor(conv.params["b"], requires_grad=True)
-    ty = F.conv2d(tx, tw, tb, stride=s, padding=p)
+    tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    ty = torch_layer(tx, tparams)
     ty.backward(torch.tensor(dy))
     _close(y, ty)
     _close(dx, tx.grad)
-    _close(conv.grads["W"], tw.grad)
-    _close(conv.grads["b"], tb.grad)
+    for key, t in tparams.items():
+        _close(backend.to_numpy(layer.grads[key]), t.grad)
+
+
+@pytest.mark.parametrize("k, s, p", [(3, 1, 1), ((2, 3), (2, 1), (1, 0)), (4, 3, 2), (1, 1, 0)])
+def test_conv2d(backend, k, s, p):
+    rng = np.random.default_rng(0)
+    conv = layers.Conv2D(3, 4, k, stride=s, padding=p, dtype="float64")
+    params = {"W": conv.params["W"], "b": rng.standard_normal(4)}
+    _compare_layer(backend, conv, rng.standard_normal((2, 3, 9, 8)), params,
+                   lambda tx, t: F.conv2d(tx, t["W"], t["b"], stride=s, padding=p))
 
 
 def _pool_against_torch(backend, cls, fn, x, k, s, p):
-    pool = cls(k, stride=s, padding=p, dtype="float64").to(backend)
-    y = backend.to_numpy(pool.forward(backend.asarray(x)))
-    dy = np.random.default_rng(1).standard_normal(y.shape)
-    dx = backend.to_numpy(pool.backward(backend.asarray(dy)))
-    tx = torch.tensor(x, requires_grad=True)
-    ty = fn(tx, k, stride=s if s is not None else k, padding=p)
-    ty.backward(torch.tensor(dy))
-    _close(y, ty)
-    _close(dx, tx.grad)
+    _compare_layer(backend, cls(k, stride=s, padding=p, dtype="float64"), x, {},
+                   lambda tx, _: fn(tx, k, stride=s if s is not None else k, padding=p))
 
 
 def _ties(rng, shape):
@@ -95,25 +96,16 @@ def test_conv2d_sweep(backend, g):
     if g["h"] + pads[2] + pads[3] < g["kh"] or g["w"] + pads[0] + pads[1] < g["kw"]:
         return  # the kernel does not fit
     rng = np.random.default_rng(0)
+    activation = "relu" if g["relu"] else None
     conv = layers.Conv2D(g["cin"], g["cout"], (g["kh"], g["kw"]), stride=stride,
-                         padding=padding, activation="relu" if g["relu"] else None,
-                         dtype="float64")
-    conv.params["b"] = rng.standard_normal(g["cout"])
-    w, b = conv.params["W"], conv.params["b"]
-    conv.to(backend)
-    x = rng.standard_normal((g["n"], g["cin"], g["h"], g["w"]))
-    y = backend.to_numpy(conv.forward(backend.asarray(x)))
-    dy = rng.standard_normal(y.shape)
-    dx = backend.to_numpy(conv.backward(backend.asarray(dy)))
-    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    ty = F.conv2d(F.pad(tx, pads), tw, tb, stride=stride)
-    if g["relu"]:
-        ty = F.relu(ty)
-    ty.backward(torch.tensor(dy))
-    _close(y, ty)
-    _close(dx, tx.grad)
-    _close(backend.to_numpy(conv.grads["W"]), tw.grad)
-    _close(backend.to_numpy(conv.grads["b"]), tb.grad)
+                         padding=padding, activation=activation, dtype="float64")
+    params = {"W": conv.params["W"], "b": rng.standard_normal(g["cout"])}
+
+    def torch_conv(tx, t):
+        ty = F.conv2d(F.pad(tx, pads), t["W"], t["b"], stride=stride)
+        return F.relu(ty) if activation else ty
+    _compare_layer(backend, conv, rng.standard_normal((g["n"], g["cin"], g["h"], g["w"])),
+                   params, torch_conv)
 
 
 pool_geometry = st.fixed_dictionaries({
@@ -140,34 +132,19 @@ def test_pooling_sweep(backend, cls, fn, g):
 
 
 def test_dense_and_activations(backend):
-    on, back = backend.asarray, backend.to_numpy
     rng = np.random.default_rng(2)
     x = rng.standard_normal((5, 7)) * 3
     for activation in (None, "relu"):
         dense = layers.Dense(7, 4, activation=activation, dtype="float64")
-        dense.params["b"] = rng.standard_normal(4)
-        w, b = dense.params["W"], dense.params["b"]
-        dense.to(backend)
-        y = back(dense.forward(on(x)))
-        dy = rng.standard_normal(y.shape)
-        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-        ty = F.linear(tx, tw, tb)
-        if activation:
-            ty = F.relu(ty)
-        ty.backward(torch.tensor(dy))
-        _close(y, ty)
-        _close(back(dense.backward(on(dy))), tx.grad)
-        _close(back(dense.grads["W"]), tw.grad)
-        _close(back(dense.grads["b"]), tb.grad)
+        params = {"W": dense.params["W"], "b": rng.standard_normal(4)}
+
+        def torch_dense(tx, t):
+            ty = F.linear(tx, t["W"], t["b"])
+            return F.relu(ty) if activation else ty
+        _compare_layer(backend, dense, x, params, torch_dense)
     for cls, fn in [(layers.ReLU, torch.relu), (layers.Sigmoid, torch.sigmoid),
                     (layers.Tanh, torch.tanh), (layers.Softmax, lambda t: torch.softmax(t, 1))]:
-        layer = cls(dtype="float64").to(backend)
-        dy = rng.standard_normal(x.shape)
-        tx = torch.tensor(x, requires_grad=True)
-        ty = fn(tx)
-        ty.backward(torch.tensor(dy))
-        _close(back(layer.forward(on(x))), ty)
-        _close(back(layer.backward(on(dy))), tx.grad)
+        _compare_layer(backend, cls(dtype="float64"), x, {}, lambda tx, _, fn=fn: fn(tx))
 
 
 @pytest.mark.parametrize("name", ["ce", "ce_onehot", "bce", "mse"])
@@ -197,33 +174,25 @@ def test_losses(backend, name):
 @pytest.mark.parametrize("batch_last", [False, True])
 def test_batchnorm2d(backend, training, relu, batch_last):
     # batch_last: the memory a CPU convolution hands out, which takes cpu_norm.py's path
-    on, back = backend.asarray, backend.to_numpy
     rng = np.random.default_rng(4)
     x = rng.standard_normal((4, 3, 5, 5)) * 2 + 1
     if batch_last:
         x = np.ascontiguousarray(x.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
     bn = layers.BatchNorm2D(3, activation="relu" if relu else None, dtype="float64")
-    gamma, beta = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    params = {"gamma": rng.uniform(0.5, 2, 3), "beta": rng.standard_normal(3)}
     rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
-    bn.params = {"gamma": gamma.copy(), "beta": beta.copy()}
     bn.buffers = {"running_mean": rm.copy(), "running_var": rv.copy()}
-    bn.to(backend)
     if not training:
         bn.eval()
-    y = back(bn.forward(on(x)))
-    dy = rng.standard_normal(y.shape)
-    tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
     trm, trv = torch.tensor(rm), torch.tensor(rv)
-    ty = F.batch_norm(tx, trm, trv, tg, tb, training=training, momentum=0.1, eps=1e-5)
-    if relu:
-        ty = F.relu(ty)
-    ty.backward(torch.tensor(dy))
-    _close(y, ty)
-    _close(back(bn.backward(on(dy))), tx.grad)
-    _close(back(bn.grads["gamma"]), tg.grad)
-    _close(back(bn.grads["beta"]), tb.grad)
-    _close(back(bn.buffers["running_mean"]), trm)
-    _close(back(bn.buffers["running_var"]), trv)
+
+    def torch_bn(tx, t):
+        ty = F.batch_norm(tx, trm, trv, t["gamma"], t["beta"], training=training,
+                          momentum=0.1, eps=1e-5)
+        return F.relu(ty) if relu else ty
+    _compare_layer(backend, bn, x, params, torch_bn)
+    _close(backend.to_numpy(bn.buffers["running_mean"]), trm)
+    _close(backend.to_numpy(bn.buffers["running_var"]), trv)
 
 
 @pytest.mark.parametrize("name", ["sgd", "nesterov", "adam", "adamw"])
