@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import click
 from click.core import ParameterSource
@@ -170,8 +171,11 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
         result = run.train(options, out, device, resume=bool(resume),
                            listener=ConsoleListener(quiet), cuda_graph=cuda_graph)
     except KeyboardInterrupt:
+        if not (Path(out) / "checkpoint.npz").exists():  # stopped before its first checkpoint
+            raise Interrupted("interrupted before the first checkpoint, so there is nothing to "
+                              "resume (--checkpoint-every N saves within an epoch)") from None
         raise Interrupted(f"interrupted; the last checkpoint is intact: continue with "
-                                   f"cnnx train --resume {out}") from None
+                          f"cnnx train --resume {out}") from None
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
     click.echo(f"test accuracy {result['test_accuracy']:.4f} (loss {result['test_loss']:.4f}) "
                f"after {epochs}, {result['seconds']:.1f} s on {result['device']}")

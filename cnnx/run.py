@@ -197,6 +197,13 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
                 raise TrainingDiverged(f"{exc}; the last checkpoint, from before, is intact: "
                                        f"cnnx train --resume {out} --lr <lower>") from None
             raise
+        except OSError as exc:  # a full disk, a directory gone read-only: the run can go on later
+            if (out / "checkpoint.npz").exists():
+                error = OSError(f"{exc}; the last checkpoint is intact: once that is fixed, "
+                                f"continue with cnnx train --resume {out}")
+                error.errno = exc.errno
+                raise error from exc
+            raise
         return session.finish()
     except BaseException:
         if created and not (out / "checkpoint.npz").exists():

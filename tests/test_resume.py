@@ -4,7 +4,9 @@ checkpoints), including batch-norm buffers, dropout masks, Adam, schedules and a
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 
 import pytest
@@ -47,6 +49,42 @@ def test_resume_after_interrupt_mid_epoch_is_bitwise(tiny, tmp_path, uninterrupt
     ck = checkpoint.load(out / "checkpoint.npz")
     assert (ck.epoch, ck.step) == (1, 8)
     monkeypatch.setattr(cnnx.train, "train_step", real_step)
+    assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
+    assert final_state(out) == uninterrupted
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_there_is_nothing_to_resume(tiny, tmp_path,
+                                                                             monkeypatch):
+    def interrupted_step(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cnnx.train, "train_step", interrupted_step)
+    out = tmp_path / "run"
+    result = invoke(*train_args(tiny, out))
+    assert result.exit_code == 130
+    assert "before the first checkpoint, so there is nothing to resume" in result.output
+    assert "--resume" not in result.output and not out.exists()
+
+
+def test_a_full_disk_after_a_checkpoint_says_how_to_continue_and_the_run_resumes_bitwise(
+        tiny, tmp_path, uninterrupted, monkeypatch):
+    out = tmp_path / "run"
+    real_savez, saves = checkpoint.np.savez, []
+
+    def savez_until_the_disk_fills(*args, **kwargs):  # the second checkpoint: end of epoch 2
+        saves.append(1)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_savez(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.np, "savez", savez_until_the_disk_fills)
+    result = invoke(*train_args(tiny, out, "--epochs", 3))
+    assert result.exit_code == 1
+    assert (f"cannot write {out / 'checkpoint.npz'}: No space left on device (free some space, "
+            f"or write somewhere else); the last checkpoint is intact: once that is fixed, "
+            f"continue with cnnx train --resume {out}") in " ".join(result.output.split())
+    assert checkpoint.load(out / "checkpoint.npz").epoch == 1
+    monkeypatch.setattr(checkpoint.np, "savez", real_savez)
     assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
     assert final_state(out) == uninterrupted
 
