@@ -105,7 +105,9 @@ def cnnx():
 @cnnx.command()
 @device_option
 @click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
-              help=f"{', '.join(DATASETS)}, or a .npz with x_train, y_train, x_test, y_test.")
+              help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test, or "
+                   "a directory of pictures: DIR/train/<class>/*.png and DIR/test/<class>/... "
+                   "(also .jpg).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--model", default=DEFAULTS.model, show_default=True,
@@ -186,7 +188,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
 @cnnx.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.option("--dataset", help="Dataset whose test split to evaluate on (an .npz needs only "
-              "x_test and y_test)  [default: the checkpoint's]")
+              "x_test and y_test, a directory of pictures only test/<class>/)  "
+              "[default: the checkpoint's]")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False))
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)

@@ -9,11 +9,10 @@ import numpy as np
 
 from . import checkpoint, data, models, report
 from .backends import get_backend, make_rng
+from .data.pictures import PICTURE_SUFFIXES, read_picture
 from .gradcheck import gradcheck
 from .losses import SoftmaxCrossEntropy
 from .train import evaluate, predict
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def load_for_inference(path, device="auto", log=None):
@@ -40,7 +39,7 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     saved = ck.header.get("config") or {}
     ds = data.load_dataset(dataset or saved.get("dataset") or "fashion-mnist",
                            data_dir or (None if dataset else saved.get("data_dir")), log=log,
-                           splits=("test",))
+                           splits=("test",), classes=ck.header.get("class_names") or None)
     if ds.input_shape != ck.input_shape:
         raise ValueError(f"{ck.path} expects images {ck.input_shape}, {ds.name} has {ds.input_shape}")
     out = evaluate(model, SoftmaxCrossEntropy(), preprocess(ck, ds.x_test), ds.y_test, batch_size)
@@ -65,8 +64,8 @@ def read_images(path, shape) -> np.ndarray:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise ValueError(f"{path}: unreadable .npy ({exc})") from None
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        x = _read_picture(path, shape)
+    elif path.suffix.lower() in PICTURE_SUFFIXES:
+        x = read_picture(path, "L" if shape[0] == 1 else "RGB", (shape[2], shape[1]))
     else:
         raise ValueError(f"{path}: unsupported file type (use .npy, .png, .jpg or .jpeg)")
     return _to_batch(x, shape, path)
@@ -81,25 +80,11 @@ def image_files(paths) -> list[Path]:
             files.append(path)
             continue
         found = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in (".npy",) + IMAGE_SUFFIXES)
+                       if p.is_file() and p.suffix.lower() in (".npy",) + PICTURE_SUFFIXES)
         if not found:
             raise ValueError(f"{path}: a directory without .npy, .png, .jpg or .jpeg files")
         files.extend(found)
     return files
-
-
-def _read_picture(path: Path, shape) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise ValueError(f"reading {path.suffix} images needs Pillow: "
-                         "pip install 'cnnx[images]'") from None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if shape[0] == 1 else "RGB").resize((shape[2], shape[1]))
-            return np.asarray(img, dtype=np.uint8)
-    except OSError as exc:
-        raise ValueError(f"{path}: unreadable image ({exc})") from None
 
 
 def _to_batch(x: np.ndarray, shape, path) -> np.ndarray:

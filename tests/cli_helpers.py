@@ -45,6 +45,16 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
+def one_line_error(result) -> str:
+    """The ``Error: ...`` line of a failed CliRunner result, checked to be its only one, its
+    last line, and without a traceback."""
+    assert result.exit_code not in (0, None), result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and result.output.rstrip().splitlines()[-1] == errors[0], result.output
+    return errors[0]
+
+
 def train_args(dataset, out, *extra) -> list:
     """A quick CPU training run of seed-cnn (480 training images: 15 steps per epoch)."""
     return ["train", "--device", "cpu", "--dataset", dataset, "--model", "seed-cnn",

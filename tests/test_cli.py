@@ -16,7 +16,7 @@ import pytest
 import cnnx
 from cnnx import backends, checkpoint, data, report
 from cnnx.data.synthetic import make_synthetic
-from cli_helpers import invoke, run_cnnx, train_args
+from cli_helpers import invoke, one_line_error, run_cnnx, train_args
 from cli_fixtures import isolated, tiny  # noqa: F401 (pytest fixtures)
 from datafiles import IDX_NAMES, write_mnist_dir
 
@@ -215,14 +215,6 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 
 # --------------------------------------------------------------------------- bad input
-def one_line_error(result) -> str:
-    assert result.exit_code not in (0, None), result.output
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and result.output.rstrip().splitlines()[-1] == errors[0], result.output
-    return errors[0]
-
-
 def _corrupt_mnist(tmp_path):
     write_mnist_dir(tmp_path / "bad")
     path = tmp_path / "bad" / IDX_NAMES["x_train"]

@@ -1,6 +1,6 @@
 """Datasets: ``load_dataset(name_or_path)`` returns train and test images as float32 NCHW in
 [0, 1] and int64 labels, from MNIST/Fashion-MNIST (IDX), CIFAR-10 (python batches), an ``.npz``
-file or the built-in ``synthetic`` set. Standardization is left to the caller
+file, a directory of pictures in class folders or the built-in ``synthetic`` set. Standardization is left to the caller
 (``channel_stats`` / ``standardize``); ``val_split`` holds a seeded validation set out of train.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import formats, sources
+from . import formats, pictures, sources
 from .sources import KNOWN, DatasetNotFound, locate, search_dirs
 from .synthetic import make_synthetic
 
@@ -45,13 +45,15 @@ class Dataset:
 
 
 def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
-                 splits=SPLITS) -> Dataset:
-    """Load a known dataset by name, or an ``.npz`` file by path.
+                 splits=SPLITS, classes=None) -> Dataset:
+    """Load a known dataset by name, or by path an ``.npz`` file or a directory of pictures
+    (``train/<class>/*.png``, ``test/<class>/...``: see ``pictures``).
 
     ``splits`` names the splits to read: a split left out is never read from disk (nor need an
     ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
     ``("test",)``, which spares CIFAR-10 its 600 MB of training images. ``log`` (a callable
-    taking one string) hears about downloads. Raises DatasetNotFound or ValueError with a
+    taking one string) hears about downloads. ``classes`` (directories only): the class names
+    to label the pictures by, e.g. a checkpoint's, instead of train/'s folders. Raises DatasetNotFound or ValueError with a
     one-line message for missing, corrupt or malformed data.
     """
     splits = tuple(splits)
@@ -65,11 +67,15 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     if name in KNOWN:
         return _load_known(name, data_dir, download, log, splits)
     path = Path(name).expanduser()
+    if path.is_dir():
+        return _from_dict(path.resolve().name, pictures.read_picture_folders(path, splits, classes),
+                          str(path))
     if path.suffix == ".npz" or path.is_file():
         if not path.is_file():
             raise ValueError(f"dataset file {path} does not exist")
         return _from_dict(path.stem, formats.read_npz(path, splits), str(path))
-    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or a path to an .npz")
+    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, a path to an .npz "
+                     "or a directory of pictures in class folders")
 
 
 def class_names_for(name: str) -> list | None:

@@ -1,0 +1,108 @@
+"""PNG and JPEG pictures (through Pillow): one file for ``cnnx predict``, or a dataset kept as
+folders, one per class, the way people collect their own images::
+
+    ROOT/train/<class name>/*.png, *.jpg, *.jpeg
+    ROOT/test/<class name>/...
+
+Labels number the classes in the sorted order of train/'s folder names (as torchvision's
+ImageFolder does), so the same folders always give the same labels. test/ may lack a class but
+may not add one. Every picture must have the same size (resizing silently would hide a stray
+file); the images get 1 channel when every picture is grayscale, else 3 (grayscale pictures
+repeated into R, G and B). Files of other types and hidden files are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .formats import to_nchw_float
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow's single-channel modes (+alpha)
+LAYOUT = "ROOT/train/<class>/ and ROOT/test/<class>/, with the pictures of each class in its folder"
+
+
+def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np.ndarray:
+    """The picture at ``path`` as uint8: (H, W) in mode "L", (H, W, 3) in mode "RGB". ``mode``
+    None keeps a grayscale picture gray and makes any other RGB (alpha dropped); ``size``
+    = (width, height) resizes."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError(f"reading {Path(path).suffix} images needs Pillow: "
+                         "pip install 'cnnx[images]'") from None
+    try:
+        with Image.open(path) as img:
+            mode = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
+            img = img.convert(mode)
+            if size is not None and img.size != tuple(size):
+                img = img.resize(tuple(size))
+            return np.asarray(img, dtype=np.uint8)
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable image ({exc})") from None
+
+
+def read_picture_folders(root, splits=("train", "test"), classes=None) -> dict:
+    """``x_<split>`` (float32 NCHW in [0, 1]), ``y_<split>`` (int64) for each of ``splits``
+    and ``class_names``, from ``root``'s class folders (module docstring). ``classes``: the
+    class names to label by (a checkpoint's, when only test/ is read), instead of train/'s."""
+    root = Path(root)
+    for split in splits:
+        if not (root / split).is_dir():
+            raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}")
+    if classes is None:
+        source = root / "train" if (root / "train").is_dir() else root / splits[0]
+        classes = [folder.name for folder in _class_folders(source)]
+        if not classes:
+            raise ValueError(f"{source}: no class folders; a dataset directory holds {LAYOUT}")
+    label_of = {name: label for label, name in enumerate(classes)}
+    files = {split: _labelled_files(root / split, label_of) for split in splits}
+    pictures = {split: [read_picture(path) for path, _ in files[split]] for split in splits}
+    every = [(path, picture) for split in splits for (path, _), picture in
+             zip(files[split], pictures[split])]
+    first_path, first = every[0]
+    for path, picture in every:
+        if picture.shape[:2] != first.shape[:2]:
+            raise ValueError(f"{path} is {_size(picture)} pixels but {first_path} is {_size(first)}: "
+                             "give every picture one size")
+    color = any(picture.ndim == 3 for _, picture in every)
+    out = {"class_names": list(classes)}
+    for split in splits:
+        x = np.stack([_as_channels(picture, color) for picture in pictures[split]])
+        out[f"x_{split}"] = to_nchw_float(x, root / split)
+        out[f"y_{split}"] = np.array([label for _, label in files[split]], dtype=np.int64)
+    return out
+
+
+def _class_folders(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
+    """(picture, label) for every picture in ``directory``'s class folders, in name order."""
+    labelled = []
+    for folder in _class_folders(directory):
+        if folder.name not in label_of:
+            raise ValueError(f"{folder}: class {folder.name!r} is not among the classes "
+                             f"{', '.join(label_of)} (those of train/, or of the checkpoint)")
+        found = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                       and p.suffix.lower() in PICTURE_SUFFIXES)
+        if not found:
+            raise ValueError(f"{folder}: no .png, .jpg or .jpeg pictures in this class folder")
+        labelled += [(path, label_of[folder.name]) for path in found]
+    if not labelled:
+        raise ValueError(f"{directory}: no class folders; a dataset directory holds {LAYOUT}")
+    return labelled
+
+
+def _size(picture: np.ndarray) -> str:
+    return f"{picture.shape[1]}x{picture.shape[0]}"
+
+
+def _as_channels(picture: np.ndarray, color: bool) -> np.ndarray:
+    """(C, H, W): a gray (H, W) picture gets 1 channel, or 3 equal ones when others are color."""
+    if picture.ndim == 3:
+        return picture.transpose(2, 0, 1)
+    return np.repeat(picture[None], 3 if color else 1, axis=0)

@@ -1,0 +1,162 @@
+"""A dataset kept as folders of pictures, one per class (cnnx/data/pictures.py): labels, pixels,
+channels, the errors a user can make, and ``cnnx train / evaluate`` on such a directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from cnnx import data
+from cnnx.data.synthetic import make_synthetic
+from cli_fixtures import isolated  # noqa: F401 (pytest fixture)
+from cli_helpers import invoke, one_line_error
+
+Image = pytest.importorskip("PIL.Image")
+
+
+def save(path, pixels: np.ndarray, mode: str | None = None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode).save(path)
+
+
+def gray(value: int, size=(6, 5)) -> np.ndarray:
+    """A (height, width) uint8 picture whose pixels differ (value + position), so a transposed
+    or flipped read shows."""
+    return (value + np.arange(size[0] * size[1]).reshape(size)).astype(np.uint8)
+
+
+def test_labels_follow_the_sorted_class_folders_and_pixels_scale_to_0_1(tmp_path):
+    root = tmp_path / "shapes"
+    for split, classes in (("train", "bca"), ("test", "ca")):
+        for k, name in enumerate(classes):
+            for i in range(2):
+                save(root / split / name / f"{i}.png", gray(40 * k + 10 * i))
+    (root / "train" / "a" / "notes.txt").write_text("not a picture")
+    save(root / "train" / "a" / ".hidden.png", gray(0))
+    ds = data.load_dataset(str(root))
+    assert ds.name == "shapes" and ds.class_names == ["a", "b", "c"] and ds.num_classes == 3
+    assert ds.x_train.dtype == np.float32 and ds.x_train.shape == (6, 1, 6, 5)
+    assert ds.y_train.tolist() == [0, 0, 1, 1, 2, 2] and ds.y_test.tolist() == [0, 0, 2, 2]
+    # train/ lists b, c, a: a was written third (k = 2), b first (k = 0)
+    np.testing.assert_array_equal(ds.x_train[0, 0], gray(80) / np.float32(255))
+    np.testing.assert_array_equal(ds.x_train[3, 0], gray(10) / np.float32(255))
+    np.testing.assert_array_equal(ds.x_test[3, 0], gray(10) / np.float32(255))
+
+
+def test_color_pictures_make_every_image_rgb(tmp_path):
+    root = tmp_path / "mixed"
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    save(root / "train" / "color" / "rgb.png", rgb)
+    rgba = np.dstack([rgb, np.full((6, 5), 7, np.uint8)])
+    save(root / "train" / "color" / "rgba.png", rgba)
+    save(root / "train" / "gray" / "g.png", gray(3))
+    save(root / "test" / "gray" / "g.jpg", gray(100))  # lossy: compared with Pillow's own decode
+    ds = data.load_dataset(str(root))
+    assert ds.x_train.shape == (3, 3, 6, 5) and ds.x_test.shape == (1, 3, 6, 5)
+    as_float = lambda x: x.astype(np.float32) / np.float32(255)  # noqa: E731
+    np.testing.assert_array_equal(ds.x_train[0], as_float(rgb.transpose(2, 0, 1)))
+    np.testing.assert_array_equal(ds.x_train[1], as_float(rgb.transpose(2, 0, 1)))  # alpha dropped
+    np.testing.assert_array_equal(ds.x_train[2], as_float(np.stack([gray(3)] * 3)))
+    with Image.open(root / "test" / "gray" / "g.jpg") as img:
+        decoded = np.asarray(img.convert("L"))
+    np.testing.assert_array_equal(ds.x_test[0], as_float(np.stack([decoded] * 3)))
+
+
+def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
+    """``cnnx evaluate`` reads test/ alone and labels it by the checkpoint's classes, so a test
+    folder lacking some classes keeps the model's numbering; train/ is never read."""
+    root = tmp_path / "held_out"
+    save(root / "test" / "zebra" / "z.png", gray(1))
+    save(root / "test" / "cat" / "c.png", gray(2))
+    save(root / "train" / "cat" / "broken.png", gray(3))
+    (root / "train" / "cat" / "broken.png").write_bytes(b"not a png")
+    ds = data.load_dataset(str(root), splits=("test",), classes=["cat", "dog", "zebra"])
+    assert ds.y_test.tolist() == [0, 2] and ds.class_names == ["cat", "dog", "zebra"]
+    assert len(ds.x_train) == 0 and ds.x_train.shape[1:] == (1, 6, 5)
+    with pytest.raises(ValueError, match=r"zebra: class 'zebra' is not among the classes cat, dog"):
+        data.load_dataset(str(root), splits=("test",), classes=["cat", "dog"])
+
+
+def _stray_size(root):
+    save(root / "train" / "a" / "wide.png", gray(0, (6, 7)))
+
+
+def _new_test_class(root):
+    save(root / "test" / "z" / "0.png", gray(0))
+
+
+def _empty_class(root):
+    (root / "train" / "empty").mkdir()
+
+
+def _corrupt(root):
+    (root / "train" / "a" / "0.png").write_bytes(b"\x89PNG truncated")
+
+
+def _no_test(root):
+    for path in (root / "test" / "a").iterdir():
+        path.unlink()
+    (root / "test" / "a").rmdir()
+    (root / "test").rmdir()
+
+
+def _no_classes(root):
+    for path in (root / "train" / "a").iterdir():
+        path.unlink()
+    (root / "train" / "a").rmdir()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_stray_size, r"train/a/wide\.png is 7x6 pixels but .*train/a/0\.png is 5x6: give every "
+                  r"picture one size"),
+    (_new_test_class, r"test/z: class 'z' is not among the classes a \(those of train/"),
+    (_empty_class, r"train/empty: no \.png, \.jpg or \.jpeg pictures in this class folder"),
+    (_corrupt, r"train/a/0\.png: unreadable image"),
+    (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
+               r"ROOT/test/<class>/"),
+    (_no_classes, r"train: no class folders; a dataset directory holds"),
+])
+def test_a_malformed_directory_is_a_one_line_error_naming_the_file(tmp_path, damage, message):
+    root = tmp_path / "pics"
+    for split in ("train", "test"):
+        save(root / split / "a" / "0.png", gray(0))
+    damage(root)
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset(str(root))
+
+
+def test_without_pillow_the_error_says_what_to_install(tmp_path, monkeypatch):
+    root = tmp_path / "pics"
+    for split in ("train", "test"):
+        save(root / split / "a" / "0.png", gray(0))
+    monkeypatch.setitem(sys.modules, "PIL", None)  # import PIL now raises ImportError
+    with pytest.raises(ValueError, match=r"reading \.png images needs Pillow: pip install 'cnnx\[images\]'"):
+        data.load_dataset(str(root))
+
+
+def test_train_and_evaluate_on_a_directory_of_pictures(isolated, tmp_path):  # noqa: F811
+    arrays = make_synthetic(300, 100, seed=3)
+    names = [name.replace(" ", "-") for name in arrays["class_names"]]
+    for split in ("train", "test"):
+        for i, (x, y) in enumerate(zip(arrays[f"x_{split}"], arrays[f"y_{split}"])):
+            save(tmp_path / "pics" / split / names[y] / f"{i:03d}.png",
+                 (x[0] * 255).round().astype(np.uint8))
+    result = invoke("train", "--device", "cpu", "--dataset", "pics", "--model", "seed-cnn",
+                    "--epochs", 4, "--lr", 0.05, "--out", "run")
+    assert result.exit_code == 0, result.output
+    full = json.loads(invoke("evaluate", "run", "--json").stdout)
+    assert full["images"] == 100 and full["class_names"] == sorted(names)
+    assert full["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # a held-out folder with the last two classes only: labelled 8 and 9 as in training (not
+    # 0 and 1, as its own folders alone would say), so scored as in the full test set
+    (tmp_path / "two" / "test").mkdir(parents=True)
+    for name in sorted(names)[-2:]:
+        (tmp_path / "pics" / "test" / name).rename(tmp_path / "two" / "test" / name)
+    two = json.loads(invoke("evaluate", "run", "--dataset", "two", "--json").stdout)
+    assert two["images"] == np.array(full["confusion_matrix"]).sum(axis=1)[-2:].sum()
+    assert two["per_class_accuracy"][-2:] == full["per_class_accuracy"][-2:]
+    assert "unknown dataset 'nowhere': use one of" in one_line_error(
+        invoke("evaluate", "run", "--dataset", "nowhere"))
