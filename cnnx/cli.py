@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -232,9 +233,11 @@ def predict(checkpoint, files, top_k, device, as_json):
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
+    images_in = collections.Counter(r["file"] for r in results)
     for r in results:
         best = ", ".join(f"{t['name']} {t['probability']:.3f}" for t in r["top"])
-        click.echo(f"{r['file']}[{r['index']}]: {best}")
+        where = f"{r['file']}[{r['index']}]" if images_in[r["file"]] > 1 else r["file"]
+        click.echo(f"{where}: {best}")
 
 
 @cnnx.command()

@@ -108,7 +108,9 @@ def test_predict_npy_and_png(run_dir, tiny, tmp_path):
     np.save(tmp_path / "batch.npy", images)  # (N, 1, H, W) floats
     result = invoke("predict", out, tmp_path / "one.npy", tmp_path / "batch.npy", "--top-k", 2)
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 5
+    lines = result.stdout.splitlines()  # a file of one image is named alone, a batch's by index
+    assert [line.split(": ")[0] for line in lines] == [str(tmp_path / "one.npy")] + [
+        f"{tmp_path / 'batch.npy'}[{i}]" for i in range(4)]
     rows = json.loads(invoke("predict", out, tmp_path / "batch.npy", "--json").stdout)
     assert [r["index"] for r in rows] == [0, 1, 2, 3] and len(rows[0]["top"]) == 3
     assert sum(r["top"][0]["class"] == y for r, y in zip(rows, labels)) >= 2
