@@ -88,6 +88,21 @@ def _shape(ctx, param, value):
     return shape
 
 
+def _image_size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        size = [int(v) for v in value.split(",")]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2 or min(size) < 1:
+        raise click.BadParameter(f"{value!r}: expected HEIGHT,WIDTH such as 64,48, or one number "
+                                 "for squares")
+    return size
+
+
 device_option = click.option(
     "--device", default="auto", show_default=True, callback=_device,
     help="cpu, cuda, cuda:N, or auto (a GPU when one is usable, else the CPU).")
@@ -111,6 +126,9 @@ def cnnx():
                    "(also .jpg).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
+@click.option("--image-size", callback=_image_size, metavar="H,W",
+              help="Resize every picture of a --dataset directory to H,W pixels (one number for "
+                   "squares).  [default: the pictures must have one size]")
 @click.option("--model", default=DEFAULTS.model, show_default=True,
               help=f"A preset ({', '.join(PRESETS)}; sized to the dataset's images and "
               "classes) or a JSON file describing the layers.")

@@ -54,6 +54,7 @@ class TrainConfig:
     shift: int = 0  # augmentation: random translation of up to this many pixels
     patience: int | None = None  # early stopping after this many epochs without improvement
     checkpoint_every: int = 0  # also checkpoint every this many steps (0: at epoch ends only)
+    image_size: list | None = None  # [height, width] to resize a directory's pictures to
 
     def check(self) -> "TrainConfig":
         rules = [
@@ -70,6 +71,8 @@ class TrainConfig:
             (0 <= self.flip <= 1 and self.shift >= 0, "--flip must be in [0, 1], --shift >= 0"),
             (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.image_size is None or (len(self.image_size) == 2 and min(self.image_size) >= 1),
+             f"--image-size must be HEIGHT,WIDTH in pixels, got {self.image_size}"),
         ]
         for ok, message in rules:
             if not ok:
@@ -102,7 +105,10 @@ class Prepared:
 def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
     """Load the dataset, hold out the validation split (seeded) and standardize every split
     with the per-channel statistics of the training part."""
-    ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log)
+    if cfg.image_size and not data.is_picture_directory(cfg.dataset):
+        raise ValueError(f"--image-size resizes a directory of pictures; {cfg.dataset} images "
+                         "come in one size already")
+    ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log, image_size=cfg.image_size)
     xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, cfg.val_split, cfg.seed)
     mean, std = data.channel_stats(xt)
     norm = lambda x: data.standardize(x, mean, std)  # noqa: E731
@@ -141,6 +147,10 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
             raise ValueError(f"--dtype {options['dtype']}: this run trains in {ck.dtype} and a "
                              f"resumed run keeps its dtype; start a new run for {options['dtype']}")
         base = {k: v for k, v in (ck.header.get("config") or {}).items() if k in fields}
+        if options.get("image_size", base.get("image_size")) != base.get("image_size"):
+            raise ValueError(f"--image-size: this run's model takes pictures of "
+                             f"{ck.input_shape[1]},{ck.input_shape[2]} pixels and a resumed run "
+                             "keeps its image size; start a new run for another")
     else:
         base = models.recipe(options.get("model", TrainConfig.model))
     merged = {**base, **options}

@@ -37,9 +37,13 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     (by default the dataset the checkpoint was trained on)."""
     model, ck = load_for_inference(path, device, log)
     saved = ck.header.get("config") or {}
-    ds = data.load_dataset(dataset or saved.get("dataset") or "fashion-mnist",
-                           data_dir or (None if dataset else saved.get("data_dir")), log=log,
-                           splits=("test",), classes=ck.header.get("class_names") or None)
+    name = dataset or saved.get("dataset") or "fashion-mnist"
+    # pictures are labelled by the model's classes and converted to its input, as in predict
+    like_the_model = {"classes": ck.header.get("class_names") or None,
+                      "channels": ck.input_shape[0], "image_size": ck.input_shape[1:]}
+    ds = data.load_dataset(name, data_dir or (None if dataset else saved.get("data_dir")),
+                           log=log, splits=("test",),
+                           **(like_the_model if data.is_picture_directory(name) else {}))
     if ds.input_shape != ck.input_shape:
         raise ValueError(f"{ck.path} expects images {ck.input_shape}, {ds.name} has {ds.input_shape}")
     out = evaluate(model, SoftmaxCrossEntropy(), preprocess(ck, ds.x_test), ds.y_test, batch_size)

@@ -80,6 +80,26 @@ def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
         data.load_dataset(str(root), splits=("test",), classes=["cat", "dog"])
 
 
+def test_size_and_channels_convert_every_picture(tmp_path):
+    """``image_size`` is (height, width): a non-square size shows a swap; each picture is
+    resized by Pillow, and converted to the channels asked for."""
+    root = tmp_path / "pics"
+    rgb = np.random.default_rng(1).integers(0, 256, (9, 4, 3), dtype=np.uint8)
+    save(root / "train" / "a" / "tall.png", rgb)
+    save(root / "test" / "a" / "wide.png", gray(0, (3, 8)))
+    ds = data.load_dataset(str(root), image_size=(5, 7))
+    assert ds.x_train.shape == (1, 3, 5, 7) and ds.x_test.shape == (1, 3, 5, 7)
+    with Image.open(root / "train" / "a" / "tall.png") as img:
+        expected = np.asarray(img.resize((7, 5))).transpose(2, 0, 1)
+    np.testing.assert_array_equal(ds.x_train[0], expected / np.float32(255))
+    gray_ds = data.load_dataset(str(root), image_size=(5, 7), channels=1)
+    with Image.open(root / "train" / "a" / "tall.png") as img:
+        expected = np.asarray(img.convert("L").resize((7, 5)))
+    np.testing.assert_array_equal(gray_ds.x_train[0, 0], expected / np.float32(255))
+    with pytest.raises(ValueError, match="for a directory of pictures only; synthetic comes as it is"):
+        data.load_dataset("synthetic", image_size=(5, 7))
+
+
 def _stray_size(root):
     save(root / "train" / "a" / "wide.png", gray(0, (6, 7)))
 
@@ -110,8 +130,8 @@ def _no_classes(root):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (_stray_size, r"train/a/wide\.png is 7x6 pixels but .*train/a/0\.png is 5x6: give every "
-                  r"picture one size"),
+    (_stray_size, r"train/a/wide\.png is 6,7 pixels \(height,width\) but .*train/a/0\.png is "
+                  r"6,5: give every picture one size, or resize them all with --image-size"),
     (_new_test_class, r"test/z: class 'z' is not among the classes a \(those of train/"),
     (_empty_class, r"train/empty: no \.png, \.jpg or \.jpeg pictures in this class folder"),
     (_corrupt, r"train/a/0\.png: unreadable image"),
@@ -160,3 +180,28 @@ def test_train_and_evaluate_on_a_directory_of_pictures(isolated, tmp_path):  # n
     assert two["per_class_accuracy"][-2:] == full["per_class_accuracy"][-2:]
     assert "unknown dataset 'nowhere': use one of" in one_line_error(
         invoke("evaluate", "run", "--dataset", "nowhere"))
+
+
+def test_image_size_trains_on_pictures_of_many_sizes_and_resume_keeps_it(isolated, tmp_path):  # noqa: F811
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("test", 12)):
+        for i in range(n):
+            h, w = rng.integers(12, 40, 2)
+            picture = np.zeros((h, w, 3), np.uint8)
+            picture[..., i % 3] = 220
+            save(tmp_path / "pics" / split / "rgb"[i % 3] / f"{i:02d}.jpg", picture)
+    assert "resize them all with --image-size HEIGHT,WIDTH" in one_line_error(
+        invoke("train", "--device", "cpu", "--dataset", "pics", "--out", "run"))
+    result = invoke("train", "--device", "cpu", "--dataset", "pics", "--model", "lenet5",
+                    "--image-size", "20,24", "--epochs", 1, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["config"]["image_size"] == [20, 24]
+    report = json.loads(invoke("evaluate", "run", "--json").stdout)  # resized like the model's input
+    assert report["images"] == 12 and report["class_names"] == ["b", "g", "r"]
+    assert "a resumed run keeps its image size" in one_line_error(
+        invoke("train", "--resume", "run", "--epochs", 2, "--image-size", 16))
+    assert invoke("train", "--resume", "run", "--epochs", 2, "--device", "cpu").exit_code == 0
+    assert "--image-size resizes a directory of pictures; synthetic images come in one size" in (
+        one_line_error(invoke("train", "--dataset", "synthetic", "--image-size", 16)))
+    assert "expected HEIGHT,WIDTH such as 64,48" in one_line_error(
+        invoke("train", "--dataset", "pics", "--image-size", "16x16"))

@@ -17,7 +17,7 @@ from .synthetic import make_synthetic
 
 __all__ = [
     "Dataset", "DatasetNotFound", "KNOWN", "NAMES", "load_dataset", "val_split", "channel_stats",
-    "standardize", "locate", "search_dirs", "class_names_for",
+    "standardize", "locate", "search_dirs", "class_names_for", "is_picture_directory",
 ]
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
@@ -45,20 +45,24 @@ class Dataset:
 
 
 def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
-                 splits=SPLITS, classes=None) -> Dataset:
+                 splits=SPLITS, classes=None, image_size=None, channels=None) -> Dataset:
     """Load a known dataset by name, or by path an ``.npz`` file or a directory of pictures
     (``train/<class>/*.png``, ``test/<class>/...``: see ``pictures``).
 
     ``splits`` names the splits to read: a split left out is never read from disk (nor need an
     ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
     ``("test",)``, which spares CIFAR-10 its 600 MB of training images. ``log`` (a callable
-    taking one string) hears about downloads. ``classes`` (directories only): the class names
-    to label the pictures by, e.g. a checkpoint's, instead of train/'s folders. Raises DatasetNotFound or ValueError with a
+    taking one string) hears about downloads. For a directory of pictures only: ``classes``, the
+    class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
+    ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3. Raises DatasetNotFound or ValueError with a
     one-line message for missing, corrupt or malformed data.
     """
     splits = tuple(splits)
     if not splits or not set(splits) <= set(SPLITS):
         raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
+    if not is_picture_directory(name) and (image_size, channels, classes) != (None, None, None):
+        raise ValueError(f"image size, channels and classes are chosen for a directory of "
+                         f"pictures only; {name} comes as it is")
     if name == "synthetic":
         arrays = make_synthetic()
         for split in set(SPLITS) - set(splits):
@@ -68,14 +72,19 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
         return _load_known(name, data_dir, download, log, splits)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _from_dict(path.resolve().name, pictures.read_picture_folders(path, splits, classes),
-                          str(path))
+        arrays = pictures.read_picture_folders(path, splits, classes, image_size, channels)
+        return _from_dict(path.resolve().name, arrays, str(path))
     if path.suffix == ".npz" or path.is_file():
         if not path.is_file():
             raise ValueError(f"dataset file {path} does not exist")
         return _from_dict(path.stem, formats.read_npz(path, splits), str(path))
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, a path to an .npz "
                      "or a directory of pictures in class folders")
+
+
+def is_picture_directory(name: str) -> bool:
+    """Whether ``load_dataset(name)`` reads a directory of pictures in class folders."""
+    return name not in NAMES and Path(name).expanduser().is_dir()
 
 
 def class_names_for(name: str) -> list | None:

@@ -7,8 +7,9 @@ folders, one per class, the way people collect their own images::
 Labels number the classes in the sorted order of train/'s folder names (as torchvision's
 ImageFolder does), so the same folders always give the same labels. test/ may lack a class but
 may not add one. Every picture must have the same size (resizing silently would hide a stray
-file); the images get 1 channel when every picture is grayscale, else 3 (grayscale pictures
-repeated into R, G and B). Files of other types and hidden files are skipped.
+file) unless a ``size`` to resize them all to is given (``cnnx train --image-size``); the
+images get 1 channel when every picture is grayscale, else 3 (grayscale pictures repeated into
+R, G and B), unless ``channels`` says. Files of other types and hidden files are skipped.
 """
 
 from __future__ import annotations
@@ -44,11 +45,18 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
         raise ValueError(f"{path}: unreadable image ({exc})") from None
 
 
-def read_picture_folders(root, splits=("train", "test"), classes=None) -> dict:
+def read_picture_folders(root, splits=("train", "test"), classes=None, size=None,
+                         channels=None) -> dict:
     """``x_<split>`` (float32 NCHW in [0, 1]), ``y_<split>`` (int64) for each of ``splits``
     and ``class_names``, from ``root``'s class folders (module docstring). ``classes``: the
-    class names to label by (a checkpoint's, when only test/ is read), instead of train/'s."""
+    class names to label by (a checkpoint's, when only test/ is read), instead of train/'s;
+    ``size`` = (height, width): resize every picture to it; ``channels`` (1 or 3): convert
+    every picture to grayscale or RGB. (``cnnx evaluate`` gives all three from the checkpoint.)"""
     root = Path(root)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"pictures have 1 (grayscale) or 3 (RGB) channels, not {channels}")
+    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    resize = None if size is None else (int(size[1]), int(size[0]))  # Pillow's (width, height)
     for split in splits:
         if not (root / split).is_dir():
             raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}")
@@ -59,14 +67,17 @@ def read_picture_folders(root, splits=("train", "test"), classes=None) -> dict:
             raise ValueError(f"{source}: no class folders; a dataset directory holds {LAYOUT}")
     label_of = {name: label for label, name in enumerate(classes)}
     files = {split: _labelled_files(root / split, label_of) for split in splits}
-    pictures = {split: [read_picture(path) for path, _ in files[split]] for split in splits}
+    pictures = {split: [read_picture(path, mode, resize) for path, _ in files[split]]
+                for split in splits}
     every = [(path, picture) for split in splits for (path, _), picture in
              zip(files[split], pictures[split])]
     first_path, first = every[0]
     for path, picture in every:
         if picture.shape[:2] != first.shape[:2]:
-            raise ValueError(f"{path} is {_size(picture)} pixels but {first_path} is {_size(first)}: "
-                             "give every picture one size")
+            raise ValueError(f"{path} is {_size(picture)} pixels (height,width) but {first_path} "
+                             f"is {_size(first)}: "
+                             "give every picture one size, or resize them all with --image-size "
+                             "HEIGHT,WIDTH")
     color = any(picture.ndim == 3 for _, picture in every)
     out = {"class_names": list(classes)}
     for split in splits:
@@ -98,7 +109,7 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
 
 
 def _size(picture: np.ndarray) -> str:
-    return f"{picture.shape[1]}x{picture.shape[0]}"
+    return f"{picture.shape[0]},{picture.shape[1]}"  # as --image-size takes it
 
 
 def _as_channels(picture: np.ndarray, color: bool) -> np.ndarray:
