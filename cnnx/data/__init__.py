@@ -1,7 +1,8 @@
 """Datasets: ``load_dataset(name_or_path)`` returns train and test images as float32 NCHW in
 [0, 1] and int64 labels, from MNIST/Fashion-MNIST (IDX), CIFAR-10 (python batches), an ``.npz``
-file, a directory of pictures in class folders or the built-in ``synthetic`` set. Standardization is left to the caller
-(``channel_stats`` / ``standardize``); ``val_split`` holds a seeded validation set out of train.
+file, a directory of pictures in class folders or the built-in ``synthetic`` set.
+Standardization is left to the caller (``channel_stats`` / ``standardize``); ``val_split``
+holds a seeded validation set out of train.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     ``splits`` names the splits to read: a split left out is never read from disk (nor need an
     ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
     ``("test",)``, which spares CIFAR-10 its 600 MB of training images. ``log`` (a callable
-    taking one string) hears about downloads. For a directory of pictures only: ``classes``, the
-    class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
-    ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3. Raises DatasetNotFound or ValueError with a
-    one-line message for missing, corrupt or malformed data.
+    taking one string) hears about downloads. For a directory of pictures only: ``classes``,
+    the class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
+    ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3.
+    Raises DatasetNotFound or ValueError with a one-line message for missing, corrupt or
+    malformed data.
     """
     splits = tuple(splits)
     if not splits or not set(splits) <= set(SPLITS):

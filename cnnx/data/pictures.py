@@ -75,9 +75,8 @@ def read_picture_folders(root, splits=("train", "test"), classes=None, size=None
     for path, picture in every:
         if picture.shape[:2] != first.shape[:2]:
             raise ValueError(f"{path} is {_size(picture)} pixels (height,width) but {first_path} "
-                             f"is {_size(first)}: "
-                             "give every picture one size, or resize them all with --image-size "
-                             "HEIGHT,WIDTH")
+                             f"is {_size(first)}: give every picture one size, or resize them "
+                             "all with --image-size HEIGHT,WIDTH")
     color = any(picture.ndim == 3 for _, picture in every)
     out = {"class_names": list(classes)}
     for split in splits:
