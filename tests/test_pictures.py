@@ -65,6 +65,18 @@ def test_color_pictures_make_every_image_rgb(tmp_path):
     np.testing.assert_array_equal(ds.x_test[0], as_float(np.stack([decoded] * 3)))
 
 
+def test_sixteen_bit_grayscale_pictures_scale_instead_of_clipping(tmp_path):
+    root = tmp_path / "deep"
+    deep = np.array([[0, 128, 257, 1000], [32767, 32768, 65000, 65535]], np.uint16)
+    save(root / "train" / "a" / "0.png", deep)
+    save(root / "test" / "a" / "0.png", deep)
+    with Image.open(root / "train" / "a" / "0.png") as img:
+        assert img.mode.startswith("I")  # Pillow opens it as 16-bit, not as 8-bit "L"
+    ds = data.load_dataset(str(root))
+    eight_bits = np.round(deep / 257.0)
+    np.testing.assert_array_equal(ds.x_train[0, 0], eight_bits.astype(np.float32) / np.float32(255))
+
+
 def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
     """``cnnx evaluate`` reads test/ alone and labels it by the checkpoint's classes, so a test
     folder lacking some classes keeps the model's numbering; train/ is never read."""

@@ -21,7 +21,8 @@ import numpy as np
 from .formats import to_nchw_float
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # Pillow's single-channel modes (+alpha)
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # one channel (+alpha)
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
 LAYOUT = "ROOT/train/<class>/ and ROOT/test/<class>/, with the pictures of each class in its folder"
 
 
@@ -36,6 +37,8 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
                          "pip install 'cnnx[images]'") from None
     try:
         with Image.open(path) as img:
+            if img.mode in SIXTEEN_BIT_MODES:  # Pillow's convert("L") would clip them at 255
+                img = Image.fromarray(_sixteen_to_eight_bits(np.asarray(img), path), "L")
             mode = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
             img = img.convert(mode)
             if size is not None and img.size != tuple(size):
@@ -43,6 +46,13 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
             return np.asarray(img, dtype=np.uint8)
     except OSError as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from None
+
+
+def _sixteen_to_eight_bits(pixels: np.ndarray, path) -> np.ndarray:
+    """0..65535 scaled to 0..255, rounded to the nearest."""
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise ValueError(f"{path}: pixel values outside 0..65535; save it as an 8- or 16-bit picture")
+    return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
 def read_picture_folders(root, splits=("train", "test"), classes=None, size=None,
