@@ -77,6 +77,19 @@ def test_sixteen_bit_grayscale_pictures_scale_instead_of_clipping(tmp_path):
     np.testing.assert_array_equal(ds.x_train[0, 0], eight_bits.astype(np.float32) / np.float32(255))
 
 
+def test_a_photo_with_an_exif_orientation_is_read_upright(tmp_path):
+    root = tmp_path / "photos"
+    stored = gray(0, (4, 6))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown rotated 90 degrees clockwise
+    (root / "train" / "a").mkdir(parents=True)
+    Image.fromarray(stored).save(root / "train" / "a" / "0.png", exif=exif)
+    save(root / "test" / "a" / "0.png", np.rot90(stored, -1).copy())
+    ds = data.load_dataset(str(root))
+    np.testing.assert_array_equal(ds.x_train[0, 0], np.rot90(stored, -1) / np.float32(255))
+    np.testing.assert_array_equal(ds.x_train, ds.x_test)
+
+
 def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
     """``cnnx evaluate`` reads test/ alone and labels it by the checkpoint's classes, so a test
     folder lacking some classes keeps the model's numbering; train/ is never read."""

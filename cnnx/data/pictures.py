@@ -27,16 +27,17 @@ LAYOUT = "ROOT/train/<class>/ and ROOT/test/<class>/, with the pictures of each 
 
 
 def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np.ndarray:
-    """The picture at ``path`` as uint8: (H, W) in mode "L", (H, W, 3) in mode "RGB". ``mode``
-    None keeps a grayscale picture gray and makes any other RGB (alpha dropped); ``size``
-    = (width, height) resizes."""
+    """The picture at ``path`` as uint8, turned upright by its EXIF orientation: (H, W) in mode
+    "L", (H, W, 3) in mode "RGB". ``mode`` None keeps a grayscale picture gray and makes any
+    other RGB (alpha dropped); ``size`` = (width, height) resizes."""
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
     except ImportError:
         raise ValueError(f"reading {Path(path).suffix} images needs Pillow: "
                          "pip install 'cnnx[images]'") from None
     try:
         with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)  # upright as viewers show it (phone photos)
             if img.mode in SIXTEEN_BIT_MODES:  # Pillow's convert("L") would clip them at 255
                 img = Image.fromarray(_sixteen_to_eight_bits(np.asarray(img), path), "L")
             mode = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
