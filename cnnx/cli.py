@@ -121,9 +121,10 @@ def cnnx():
 @cnnx.command()
 @device_option
 @click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
-              help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test, or "
-                   "a directory of pictures: DIR/train/<class>/*.png and DIR/test/<class>/... "
-                   "(also .jpg).")
+              help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test "
+                   "(optionally x_val, y_val), or a directory of pictures: "
+                   "DIR/train/<class>/*.png and DIR/test/<class>/... (also .jpg; optionally "
+                   "DIR/val/<class>/).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--image-size", callback=_image_size, metavar="H,W",
@@ -144,8 +145,8 @@ def cnnx():
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
               show_default=True, help="L2 penalty λ.")
 @click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
-              default=DEFAULTS.val_split, show_default=True,
-              help="Fraction of the training set held out for validation.")
+              help="Fraction of the training set held out for validation.  [default: "
+                   f"{run.DEFAULT_VAL_SPLIT}, none when the dataset has its own validation set]")
 @click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
               help="Seeds all randomness: weights, validation split, shuffling, dropout, "
               "augmentation.")

@@ -32,6 +32,9 @@ from .schedules import SCHEDULES
 from .session import Session
 from .train import TrainingDiverged
 
+DEFAULT_VAL_SPLIT = 0.1  # of train held out for validation when a dataset has no val set
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in its checkpoints and result.json)."""
@@ -45,7 +48,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0
-    val_split: float = 0.1
+    val_split: float | None = None  # None: DEFAULT_VAL_SPLIT, or the dataset's own val set
     seed: int = 0
     dtype: str = "float32"
     schedule: str = "constant"  # learning-rate schedule: constant, step, cosine
@@ -64,7 +67,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.val_split < 1, f"--val-split must be in [0, 1), got {self.val_split}"),
+            (self.val_split is None or 0 <= self.val_split < 1,
+             f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
@@ -103,13 +107,22 @@ class Prepared:
 
 
 def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
-    """Load the dataset, hold out the validation split (seeded) and standardize every split
-    with the per-channel statistics of the training part."""
+    """Load the dataset, take its own validation set or hold one out of train (seeded,
+    ``cfg.val_split``, else DEFAULT_VAL_SPLIT) and standardize every split with the
+    per-channel statistics of the training part."""
     if cfg.image_size and not data.is_picture_directory(cfg.dataset):
         raise ValueError(f"--image-size resizes a directory of pictures; {cfg.dataset} images "
                          "come in one size already")
     ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log, image_size=cfg.image_size)
-    xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, cfg.val_split, cfg.seed)
+    if ds.x_val is None:
+        fraction = DEFAULT_VAL_SPLIT if cfg.val_split is None else cfg.val_split
+        xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, fraction, cfg.seed)
+    elif cfg.val_split is not None:  # two validation sets: which one was meant?
+        own = "its val/ folder" if data.is_picture_directory(cfg.dataset) else "x_val, y_val"
+        raise ValueError(f"--val-split {cfg.val_split}: {cfg.dataset} has a validation set of "
+                         f"its own ({own}); leave --val-split out to use it")
+    else:
+        xt, yt, xv, yv = ds.x_train, ds.y_train, ds.x_val, ds.y_val
     mean, std = data.channel_stats(xt)
     norm = lambda x: data.standardize(x, mean, std)  # noqa: E731
     val = (norm(xv), yv) if len(yv) else None
@@ -190,9 +203,10 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
         session.restore(ck)
     listener.message(report.device_line(device, backend)
                      + (", training steps replayed from a CUDA graph" if cuda_graph else ""))
+    own = " (the dataset's own)" if prep.dataset.x_val is not None else ""
     listener.message(f"training {cfg.model} on {prep.dataset.name} ({prep.dataset.source}): "
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
-                     f"validation / {len(prep.test[1])} test images; writing to {out}")
+                     f"validation{own} / {len(prep.test[1])} test images; writing to {out}")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)

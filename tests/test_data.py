@@ -270,6 +270,28 @@ def test_npz_needs_only_the_splits_asked_for(tmp_path):
         data.load_dataset(str(tmp_path / "t.npz"))
 
 
+def test_npz_validation_set_of_its_own_is_read_only_when_present_and_asked_for(tmp_path):
+    arrays = tiny_arrays()
+    rng = np.random.default_rng(3)
+    x_val, y_val = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), np.array([9, 0, 4, 4])
+    np.savez(tmp_path / "v.npz", **arrays, x_val=x_val, y_val=y_val)
+    ds = data.load_dataset(str(tmp_path / "v.npz"))
+    np.testing.assert_array_equal(ds.x_val[:, 0], x_val / np.float32(255))
+    assert ds.y_val.dtype == np.int64 and ds.y_val.tolist() == [9, 0, 4, 4]
+    assert data.load_dataset(str(tmp_path / "v.npz"), splits=("train", "test")).x_val is None
+    np.savez(tmp_path / "plain.npz", **arrays)
+    no_val = data.load_dataset(str(tmp_path / "plain.npz"))
+    assert no_val.x_val is None and no_val.y_val is None
+    for extra, message in (({"x_val": x_val}, "holds x_val but not y_val; a validation set needs both"),
+                           ({"y_val": y_val}, "holds y_val but not x_val"),
+                           ({"x_val": x_val[:, :9, :9], "y_val": y_val},
+                            r"images differ in shape between x_train \(1, 28, 28\), x_val \(1, 9, 9\)"),
+                           ({"x_val": x_val, "y_val": y_val[:3]}, "y_val: expected 4 integer labels")):
+        np.savez(tmp_path / "bad.npz", **arrays, **extra)
+        with pytest.raises(ValueError, match=message):
+            data.load_dataset(str(tmp_path / "bad.npz"))
+
+
 @pytest.mark.parametrize("change, message", [
     ({"y_train": np.zeros(3, np.int64)}, "expected 20 integer labels"),
     ({"y_test": np.full(10, -1)}, "labels must be >= 0"),

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cnnx import data
+from cnnx import data, run
 from cnnx.data.synthetic import make_synthetic
 from cli_fixtures import isolated  # noqa: F401 (pytest fixture)
 from cli_helpers import invoke, one_line_error
@@ -105,6 +105,26 @@ def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
         data.load_dataset(str(root), splits=("test",), classes=["cat", "dog"])
 
 
+def test_a_val_folder_is_the_validation_set_labelled_by_train(tmp_path):
+    """val/ is read where it exists, labelled by train/'s classes even when it lacks some."""
+    root = tmp_path / "pics"
+    for split, classes in (("train", "abc"), ("val", "c"), ("test", "ab")):
+        for name in classes:
+            save(root / split / name / "0.png", gray(ord(name) + len(split)))
+    ds = data.load_dataset(str(root))
+    assert ds.y_val.tolist() == [2] and ds.y_val.dtype == np.int64  # c is train's third class
+    np.testing.assert_array_equal(ds.x_val[0, 0], gray(ord("c") + 3) / np.float32(255))
+    assert ds.y_train.tolist() == [0, 1, 2] and ds.y_test.tolist() == [0, 1]
+    (root / "val" / "c" / "0.png").write_bytes(b"not a png")
+    assert data.load_dataset(str(root), splits=("train", "test")).x_val is None  # val/ unread
+    with pytest.raises(ValueError, match=r"val/c/0\.png: unreadable image"):
+        data.load_dataset(str(root))
+    (root / "val").rename(root / "validation")  # a name cnnx does not read: not skipped silently
+    with pytest.raises(ValueError, match=r"pics/validation: cnnx reads a validation set from a "
+                                         r"folder named val/; rename validation/ to val/"):
+        data.load_dataset(str(root))
+
+
 def test_size_and_channels_convert_every_picture(tmp_path):
     """``image_size`` is (height, width): a non-square size shows a swap; each picture is
     resized by Pillow, and converted to the channels asked for."""
@@ -148,6 +168,14 @@ def _no_test(root):
     (root / "test").rmdir()
 
 
+def _new_val_class(root):
+    save(root / "val" / "z" / "0.png", gray(0))
+
+
+def _val_size(root):
+    save(root / "val" / "a" / "0.png", gray(0, (5, 5)))
+
+
 def _no_classes(root):
     for path in (root / "train" / "a").iterdir():
         path.unlink()
@@ -163,6 +191,8 @@ def _no_classes(root):
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),
     (_no_classes, r"train: no class folders; a dataset directory holds"),
+    (_new_val_class, r"val/z: class 'z' is not among the classes a \(those of train/"),
+    (_val_size, r"val/a/0\.png is 5,5 pixels \(height,width\) but .*train/a/0\.png is 6,5"),
 ])
 def test_a_malformed_directory_is_a_one_line_error_naming_the_file(tmp_path, damage, message):
     root = tmp_path / "pics"
@@ -230,3 +260,28 @@ def test_image_size_trains_on_pictures_of_many_sizes_and_resume_keeps_it(isolate
         one_line_error(invoke("train", "--dataset", "synthetic", "--image-size", 16)))
     assert "expected HEIGHT,WIDTH such as 64,48" in one_line_error(
         invoke("train", "--dataset", "pics", "--image-size", "16x16"))
+
+
+def test_training_validates_on_the_val_folder_instead_of_holding_out_train(isolated, tmp_path):  # noqa: F811
+    arrays = make_synthetic(40, 16, seed=4)
+    splits = {"train": (arrays["x_train"], arrays["y_train"]),
+              "val": (arrays["x_test"][:6], arrays["y_test"][:6]),
+              "test": (arrays["x_test"][6:], arrays["y_test"][6:])}
+    for split, (xs, ys) in splits.items():
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            save(tmp_path / "pics" / split / f"class{y}" / f"{i:02d}.png",
+                 (x[0] * 255).round().astype(np.uint8))
+    prep = run.prepare_data(run.TrainConfig(dataset="pics"))
+    assert len(prep.train[1]) == 40 and len(prep.test[1]) == 10  # nothing held out of train/
+    np.testing.assert_array_equal(prep.val[1], prep.dataset.y_val)
+    mean, std = (np.float32(v[0]) for v in (prep.preprocess["mean"], prep.preprocess["std"]))
+    np.testing.assert_array_equal(prep.val[0], (prep.dataset.x_val - mean) / std)
+    result = invoke("train", "--device", "cpu", "--dataset", "pics", "--model", "seed-cnn",
+                    "--epochs", 1, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert "40 train / 6 validation (the dataset's own) / 10 test images" in result.output
+    error = one_line_error(invoke("train", "--device", "cpu", "--dataset", "pics", "--val-split",
+                                  0.2, "--out", "other"))
+    assert ("--val-split 0.2: pics has a validation set of its own (its val/ folder); leave "
+            "--val-split out to use it") in error
+    assert not (tmp_path / "other").exists()

@@ -1,8 +1,9 @@
 """Datasets: ``load_dataset(name_or_path)`` returns train and test images as float32 NCHW in
 [0, 1] and int64 labels, from MNIST/Fashion-MNIST (IDX), CIFAR-10 (python batches), an ``.npz``
-file, a directory of pictures in class folders or the built-in ``synthetic`` set.
+file, a directory of pictures in class folders or the built-in ``synthetic`` set; an ``.npz``
+(``x_val``, ``y_val``) or a directory (``val/``) may also bring a validation set of its own.
 Standardization is left to the caller (``channel_stats`` / ``standardize``); ``val_split``
-holds a seeded validation set out of train.
+holds a seeded validation set out of train for the datasets without one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = [
 ]
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # "val" is optional: read where the dataset has one
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Dataset:
     y_test: np.ndarray
     class_names: list
     source: str  # where it was read from
+    x_val: np.ndarray | None = None  # the dataset's own validation set; None when it has none
+    y_val: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple:
@@ -41,7 +44,8 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        top = int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
+        labels = (self.y_train, self.y_test) + ((self.y_val,) if self.y_val is not None else ())
+        top = max(int(y.max(initial=0)) for y in labels) + 1
         return max(len(self.class_names or ()), top)
 
 
@@ -52,7 +56,9 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
 
     ``splits`` names the splits to read: a split left out is never read from disk (nor need an
     ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
-    ``("test",)``, which spares CIFAR-10 its 600 MB of training images. ``log`` (a callable
+    ``("test",)``, which spares CIFAR-10 its 600 MB of training images. "val" is read where
+    the dataset has a validation set of its own (an ``.npz``'s ``x_val`` and ``y_val``, a
+    directory's ``val/``); ``x_val`` and ``y_val`` are None otherwise. ``log`` (a callable
     taking one string) hears about downloads. For a directory of pictures only: ``classes``,
     the class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
     ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3.
@@ -60,14 +66,14 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     malformed data.
     """
     splits = tuple(splits)
-    if not splits or not set(splits) <= set(SPLITS):
-        raise ValueError(f"splits must be some of {SPLITS}, got {splits}")
+    if not set(splits) <= set(SPLITS) or not {"train", "test"} & set(splits):
+        raise ValueError(f"splits must be some of {SPLITS}, with train or test, got {splits}")
     if not is_picture_directory(name) and (image_size, channels, classes) != (None, None, None):
         raise ValueError(f"image size, channels and classes are chosen for a directory of "
                          f"pictures only; {name} comes as it is")
     if name == "synthetic":
         arrays = make_synthetic()
-        for split in set(SPLITS) - set(splits):
+        for split in {"train", "test"} - set(splits):
             del arrays[f"x_{split}"], arrays[f"y_{split}"]
         return _from_dict("synthetic", arrays, "generated (seed 0)")
     if name in KNOWN:
@@ -97,13 +103,14 @@ def class_names_for(name: str) -> list | None:
 
 
 def _from_dict(name, d, source) -> Dataset:
-    """A Dataset from the arrays read; a split that was not read becomes empty."""
+    """A Dataset from the arrays read; train or test, when not read, becomes empty."""
     x_read = next(d[f"x_{split}"] for split in SPLITS if f"x_{split}" in d)
-    for split in SPLITS:
+    for split in ("train", "test"):
         d.setdefault(f"x_{split}", x_read[:0])
         d.setdefault(f"y_{split}", np.empty(0, np.int64))
     names = d.get("class_names") or class_names_for(name) or []
-    return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(names), source)
+    return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(names), source,
+                   d.get("x_val"), d.get("y_val"))
 
 
 def _load_known(name, data_dir, download, log, splits) -> Dataset:

@@ -160,25 +160,34 @@ def read_cifar_tar(path, wanted) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------- .npz
 
 
-def read_npz(path, splits=("train", "test")) -> dict:
-    """The ``splits`` of an ``.npz`` holding ``x_train, y_train, x_test, y_test`` (and
-    optionally ``class_names``): images as (N, H, W), (N, C, H, W) or (N, H, W, C) with C in
-    1..4. Only the splits asked for need be there, and only they are read."""
-    needed = tuple(f"{xy}_{split}" for split in splits for xy in "xy")
-    arrays, found = _load_npz(path, needed + ("class_names",))
+def read_npz(path, splits=("train", "val", "test")) -> dict:
+    """The ``splits`` of an ``.npz`` holding ``x_train, y_train, x_test, y_test``, optionally
+    ``x_val, y_val`` (a validation set of its own) and ``class_names``: images as (N, H, W),
+    (N, C, H, W) or (N, H, W, C) with C in 1..4. Only the splits asked for need be there, and
+    only they are read; "val" only where the archive holds it."""
+    needed = tuple(f"{xy}_{split}" for split in splits if split != "val" for xy in "xy")
+    optional = ("x_val", "y_val") if "val" in splits else ()
+    arrays, found = _load_npz(path, needed + optional + ("class_names",))
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise ValueError(
             f"{path}: missing key(s) {', '.join(missing)}; an .npz dataset needs "
             f"{', '.join(needed)} (found: {', '.join(found) or 'none'})"
         )
+    if "val" in splits and ("x_val" in arrays) != ("y_val" in arrays):
+        has, lacks = ("x_val", "y_val") if "x_val" in arrays else ("y_val", "x_val")
+        raise ValueError(f"{path}: holds {has} but not {lacks}; a validation set needs both")
     out = {}
     for split in splits:
+        if f"x_{split}" not in arrays:
+            continue  # no validation set of its own
         x = _images_to_nchw(arrays[f"x_{split}"], f"{path}: x_{split}")
         out[f"x_{split}"] = x
         out[f"y_{split}"] = _labels(arrays[f"y_{split}"], len(x), f"{path}: y_{split}")
-    if len(splits) == 2 and out["x_train"].shape[1:] != out["x_test"].shape[1:]:
-        raise ValueError(f"{path}: x_train and x_test images differ in shape")
+    shapes = {f"x_{split}": out[f"x_{split}"].shape[1:] for split in splits if f"x_{split}" in out}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{path}: images differ in shape between "
+                         + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     names = arrays.get("class_names")
     out["class_names"] = [str(n) for n in names] if names is not None else None
     return out

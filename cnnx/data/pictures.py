@@ -2,14 +2,15 @@
 folders, one per class, the way people collect their own images::
 
     ROOT/train/<class name>/*.png, *.jpg, *.jpeg
+    ROOT/val/<class name>/...       (optional: a validation set of its own)
     ROOT/test/<class name>/...
 
 Labels number the classes in the sorted order of train/'s folder names (as torchvision's
-ImageFolder does), so the same folders always give the same labels. test/ may lack a class but
-may not add one. Every picture must have the same size (resizing silently would hide a stray
-file) unless a ``size`` to resize them all to is given (``cnnx train --image-size``); the
-images get 1 channel when every picture is grayscale, else 3 (grayscale pictures repeated into
-R, G and B), unless ``channels`` says. Files of other types and hidden files are skipped.
+ImageFolder does), so the same folders always give the same labels. val/ and test/ may lack a
+class but may not add one. Every picture must have the same size (resizing silently would hide
+a stray file) unless a ``size`` to resize them all to is given (``cnnx train --image-size``);
+the images get 1 channel when every picture is grayscale, else 3 (grayscale pictures repeated
+into R, G and B), unless ``channels`` says. Files of other types and hidden files are skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from .formats import to_nchw_float
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # one channel (+alpha)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
-LAYOUT = "ROOT/train/<class>/ and ROOT/test/<class>/, with the pictures of each class in its folder"
+LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), with "
+          "the pictures of each class in its folder")
+OTHER_VAL_NAMES = ("valid", "validation", "dev")  # what people also call val/: asked to rename
 
 
 def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np.ndarray:
@@ -56,18 +59,22 @@ def _sixteen_to_eight_bits(pixels: np.ndarray, path) -> np.ndarray:
     return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
-def read_picture_folders(root, splits=("train", "test"), classes=None, size=None,
+def read_picture_folders(root, splits=("train", "val", "test"), classes=None, size=None,
                          channels=None) -> dict:
     """``x_<split>`` (float32 NCHW in [0, 1]), ``y_<split>`` (int64) for each of ``splits``
-    and ``class_names``, from ``root``'s class folders (module docstring). ``classes``: the
-    class names to label by (a checkpoint's, when only test/ is read), instead of train/'s;
-    ``size`` = (height, width): resize every picture to it; ``channels`` (1 or 3): convert
-    every picture to grayscale or RGB. (``cnnx evaluate`` gives all three from the checkpoint.)"""
+    and ``class_names``, from ``root``'s class folders (module docstring); "val" is read only
+    where a val/ folder exists. ``classes``: the class names to label by (a checkpoint's, when
+    only test/ is read), instead of train/'s; ``size`` = (height, width): resize every picture
+    to it; ``channels`` (1 or 3): convert every picture to grayscale or RGB. (``cnnx evaluate``
+    gives all three from the checkpoint.)"""
     root = Path(root)
     if channels not in (None, 1, 3):
         raise ValueError(f"pictures have 1 (grayscale) or 3 (RGB) channels, not {channels}")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     resize = None if size is None else (int(size[1]), int(size[0]))  # Pillow's (width, height)
+    if "val" in splits and not (root / "val").is_dir():
+        _refuse_other_val_names(root)
+        splits = tuple(split for split in splits if split != "val")
     for split in splits:
         if not (root / split).is_dir():
             raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}")
@@ -95,6 +102,15 @@ def read_picture_folders(root, splits=("train", "test"), classes=None, size=None
         out[f"x_{split}"] = to_nchw_float(x, root / split)
         out[f"y_{split}"] = np.array([label for _, label in files[split]], dtype=np.int64)
     return out
+
+
+def _refuse_other_val_names(root: Path) -> None:
+    """A validation folder under another name would otherwise be skipped without a word."""
+    for name in OTHER_VAL_NAMES:
+        if (root / name).is_dir():
+            raise ValueError(f"{root / name}: cnnx reads a validation set from a folder named "
+                             f"val/; rename {name}/ to val/ (or remove it to hold part of "
+                             "train/ out instead)")
 
 
 def _class_folders(directory: Path) -> list[Path]:
