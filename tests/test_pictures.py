@@ -103,6 +103,12 @@ def test_the_test_split_alone_is_labelled_by_the_classes_given(tmp_path):
     assert len(ds.x_train) == 0 and ds.x_train.shape[1:] == (1, 6, 5)
     with pytest.raises(ValueError, match=r"zebra: class 'zebra' is not among the classes cat, dog"):
         data.load_dataset(str(root), splits=("test",), classes=["cat", "dog"])
+    # a class named with a "/" (Fashion-MNIST's "T-shirt/top") has its folder named with "_"
+    (root / "test" / "zebra").rename(root / "test" / "zebra_horse")
+    ds = data.load_dataset(str(root), splits=("test",), classes=["cat", "dog", "zebra/horse"])
+    assert ds.y_test.tolist() == [0, 2] and ds.class_names == ["cat", "dog", "zebra/horse"]
+    with pytest.raises(ValueError, match=r"classes a/b, a_b: two of them would share one folder"):
+        data.load_dataset(str(root), splits=("test",), classes=["a/b", "a_b"])
 
 
 def test_a_val_folder_is_the_validation_set_labelled_by_train(tmp_path):

@@ -7,10 +7,12 @@ folders, one per class, the way people collect their own images::
 
 Labels number the classes in the sorted order of train/'s folder names (as torchvision's
 ImageFolder does), so the same folders always give the same labels. val/ and test/ may lack a
-class but may not add one. Every picture must have the same size (resizing silently would hide
-a stray file) unless a ``size`` to resize them all to is given (``cnnx train --image-size``);
-the images get 1 channel when every picture is grayscale, else 3 (grayscale pictures repeated
-into R, G and B), unless ``channels`` says. Files of other types and hidden files are skipped.
+class but may not add one. A class whose name holds a "/" (given by a checkpoint) has it
+written "_" in its folder's name. Every picture must have the same size (resizing silently
+would hide a stray file) unless a ``size`` to resize them all to is given (``cnnx train
+--image-size``); the images get 1 channel when every picture is grayscale, else 3 (grayscale
+pictures repeated into R, G and B), unless ``channels`` says. Files of other types and hidden
+files are skipped.
 """
 
 from __future__ import annotations
@@ -83,7 +85,11 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         classes = [folder.name for folder in _class_folders(source)]
         if not classes:
             raise ValueError(f"{source}: no class folders; a dataset directory holds {LAYOUT}")
-    label_of = {name: label for label, name in enumerate(classes)}
+    # A folder name cannot hold "/" (Fashion-MNIST's "T-shirt/top"): such a class's folder
+    # writes it as "_" ("T-shirt_top").
+    label_of = {folder_name(name): label for label, name in enumerate(classes)}
+    if len(label_of) < len(classes):
+        raise ValueError(f"classes {', '.join(classes)}: two of them would share one folder name")
     files = {split: _labelled_files(root / split, label_of) for split in splits}
     pictures = {split: [read_picture(path, mode, resize) for path, _ in files[split]]
                 for split in splits}
@@ -102,6 +108,11 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         out[f"x_{split}"] = to_nchw_float(x, root / split)
         out[f"y_{split}"] = np.array([label for _, label in files[split]], dtype=np.int64)
     return out
+
+
+def folder_name(class_name: str) -> str:
+    """The folder that holds a class's pictures: its name with each "/" written "_"."""
+    return class_name.replace("/", "_")
 
 
 def _refuse_other_val_names(root: Path) -> None:
