@@ -36,10 +36,13 @@ def test_labels_follow_the_sorted_class_folders_and_pixels_scale_to_0_1(tmp_path
                 save(root / split / name / f"{i}.png", gray(40 * k + 10 * i))
     (root / "train" / "a" / "notes.txt").write_text("not a picture")
     save(root / "train" / "a" / ".hidden.png", gray(0))
+    save(root / "train" / "a" / ".ipynb_checkpoints" / "2-checkpoint.png", gray(0))
+    save(root / "train" / "b" / "2024" / "0.png", gray(7))  # a subfolder is part of its class
     ds = data.load_dataset(str(root))
     assert ds.name == "shapes" and ds.class_names == ["a", "b", "c"] and ds.num_classes == 3
-    assert ds.x_train.dtype == np.float32 and ds.x_train.shape == (6, 1, 6, 5)
-    assert ds.y_train.tolist() == [0, 0, 1, 1, 2, 2] and ds.y_test.tolist() == [0, 0, 2, 2]
+    assert ds.x_train.dtype == np.float32 and ds.x_train.shape == (7, 1, 6, 5)
+    assert ds.y_train.tolist() == [0, 0, 1, 1, 1, 2, 2] and ds.y_test.tolist() == [0, 0, 2, 2]
+    np.testing.assert_array_equal(ds.x_train[4, 0], gray(7) / np.float32(255))  # b/2024/ last
     # train/ lists b, c, a: a was written third (k = 2), b first (k = 0)
     np.testing.assert_array_equal(ds.x_train[0, 0], gray(80) / np.float32(255))
     np.testing.assert_array_equal(ds.x_train[3, 0], gray(10) / np.float32(255))
@@ -192,7 +195,7 @@ def _no_classes(root):
     (_stray_size, r"train/a/wide\.png is 6,7 pixels \(height,width\) but .*train/a/0\.png is "
                   r"6,5: give every picture one size, or resize them all with --image-size"),
     (_new_test_class, r"test/z: class 'z' is not among the classes a \(those of train/"),
-    (_empty_class, r"train/empty: no \.png, \.jpg or \.jpeg pictures in this class folder"),
+    (_empty_class, r"train/empty: no \.png, \.jpg or \.jpeg pictures in this class folder \(nor"),
     (_corrupt, r"train/a/0\.png: unreadable image"),
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),

@@ -11,8 +11,9 @@ class but may not add one. A class whose name holds a "/" (given by a checkpoint
 written "_" in its folder's name. Every picture must have the same size (resizing silently
 would hide a stray file) unless a ``size`` to resize them all to is given (``cnnx train
 --image-size``); the images get 1 channel when every picture is grayscale, else 3 (grayscale
-pictures repeated into R, G and B), unless ``channels`` says. Files of other types and hidden
-files are skipped.
+pictures repeated into R, G and B), unless ``channels`` says. A class folder's subfolders
+count as part of it (as in ImageFolder); files of other types and hidden files and folders are
+skipped.
 """
 
 from __future__ import annotations
@@ -135,14 +136,26 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
         if folder.name not in label_of:
             raise ValueError(f"{folder}: class {folder.name!r} is not among the classes "
                              f"{', '.join(label_of)} (those of train/, or of the checkpoint)")
-        found = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and p.suffix.lower() in PICTURE_SUFFIXES)
+        found = _pictures_in(folder)
         if not found:
-            raise ValueError(f"{folder}: no .png, .jpg or .jpeg pictures in this class folder")
+            raise ValueError(f"{folder}: no .png, .jpg or .jpeg pictures in this class folder "
+                             "(nor in its subfolders)")
         labelled += [(path, label_of[folder.name]) for path in found]
     if not labelled:
         raise ValueError(f"{directory}: no class folders; a dataset directory holds {LAYOUT}")
     return labelled
+
+
+def _pictures_in(folder: Path) -> list[Path]:
+    """The pictures in ``folder`` and its subfolders (as ImageFolder reads them: a class kept
+    in folders by date or source), hidden files and folders (.ipynb_checkpoints) left out, in
+    path order."""
+    found = []
+    for path in folder.rglob("*"):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if not hidden and path.suffix.lower() in PICTURE_SUFFIXES and path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 def _size(picture: np.ndarray) -> str:
