@@ -9,7 +9,7 @@ import numpy as np
 
 from . import checkpoint, data, models, report
 from .backends import get_backend, make_rng
-from .data.pictures import PICTURE_SUFFIXES, read_picture
+from .data.pictures import PICTURE_SUFFIXES, SUFFIXES_TEXT, read_picture
 from .gradcheck import gradcheck
 from .losses import SoftmaxCrossEntropy
 from .train import evaluate, predict
@@ -59,7 +59,7 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
 # ------------------------------------------------------------------------------ predict
 def read_images(path, shape) -> np.ndarray:
     """Images from a ``.npy`` (one image or a batch; HW, CHW, HWC; uint8 or floats in [0, 1])
-    or a PNG/JPEG (needs Pillow), as float32 (N, C, H, W) matching ``shape`` = (C, H, W)."""
+    or a picture (PNG, JPEG, ...: needs Pillow), as float32 (N, C, H, W) matching ``shape`` = (C, H, W)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
@@ -71,13 +71,13 @@ def read_images(path, shape) -> np.ndarray:
     elif path.suffix.lower() in PICTURE_SUFFIXES:
         x = read_picture(path, "L" if shape[0] == 1 else "RGB", (shape[2], shape[1]))
     else:
-        raise ValueError(f"{path}: unsupported file type (use .npy, .png, .jpg or .jpeg)")
+        raise ValueError(f"{path}: unsupported file type (use .npy or a picture: {SUFFIXES_TEXT})")
     return _to_batch(x, shape, path)
 
 
 def image_files(paths) -> list[Path]:
-    """``paths`` with each directory replaced by the image files in it (.npy, .png, .jpg,
-    .jpeg; not its subdirectories), sorted by name."""
+    """``paths`` with each directory replaced by the image files in it (.npy and
+    PICTURE_SUFFIXES; not its subdirectories), sorted by name."""
     files = []
     for path in map(Path, paths):
         if not path.is_dir():
@@ -86,7 +86,7 @@ def image_files(paths) -> list[Path]:
         found = sorted(p for p in path.iterdir()
                        if p.is_file() and p.suffix.lower() in (".npy",) + PICTURE_SUFFIXES)
         if not found:
-            raise ValueError(f"{path}: a directory without .npy, .png, .jpg or .jpeg files")
+            raise ValueError(f"{path}: a directory without images (.npy, {SUFFIXES_TEXT})")
         files.extend(found)
     return files
 

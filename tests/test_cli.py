@@ -138,7 +138,7 @@ def test_predict_a_directory(run_dir, tiny, tmp_path):
     one_by_one = json.loads(invoke("predict", out, pictures / "a.NPY", "--json").stdout)
     assert rows[0]["top"] == one_by_one[0]["top"]
     (tmp_path / "empty").mkdir()
-    assert "empty: a directory without .npy, .png" in one_line_error(
+    assert "empty: a directory without images (.npy, .png, .jpg" in one_line_error(
         invoke("predict", out, tmp_path / "empty"))
 
 

@@ -80,6 +80,33 @@ def test_sixteen_bit_grayscale_pictures_scale_instead_of_clipping(tmp_path):
     np.testing.assert_array_equal(ds.x_train[0, 0], eight_bits.astype(np.float32) / np.float32(255))
 
 
+@pytest.mark.parametrize("suffix, options", [
+    (".bmp", {}), (".webp", {"lossless": True}), (".tif", {}), (".tiff", {}), (".ppm", {}),
+    (".pgm", {}),
+])
+def test_lossless_formats_read_as_the_pixels_written(tmp_path, suffix, options):
+    root = tmp_path / "formats"
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, (6, 5) if suffix == ".pgm" else (6, 5, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(pixels).save(root / split / "a" / f"0{suffix}", **options)
+    ds = data.load_dataset(str(root))
+    chw = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    np.testing.assert_array_equal(ds.x_train[0], chw / np.float32(255))
+
+
+def test_a_floating_point_tiff_is_refused_not_clipped(tmp_path):
+    root = tmp_path / "floats"
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+        Image.fromarray(np.linspace(0, 1, 30, dtype=np.float32).reshape(6, 5)).save(
+            root / split / "a" / "0.tif")
+    with pytest.raises(ValueError, match=r"train/a/0\.tif: a floating-point picture \(mode F\); "
+                                         r"save it as an 8- or 16-bit picture"):
+        data.load_dataset(str(root))
+
+
 def test_a_photo_with_an_exif_orientation_is_read_upright(tmp_path):
     root = tmp_path / "photos"
     stored = gray(0, (4, 6))
@@ -195,7 +222,7 @@ def _no_classes(root):
     (_stray_size, r"train/a/wide\.png is 6,7 pixels \(height,width\) but .*train/a/0\.png is "
                   r"6,5: give every picture one size, or resize them all with --image-size"),
     (_new_test_class, r"test/z: class 'z' is not among the classes a \(those of train/"),
-    (_empty_class, r"train/empty: no \.png, \.jpg or \.jpeg pictures in this class folder \(nor"),
+    (_empty_class, r"train/empty: no pictures \(\.png, \.jpg, .*\) in this class folder \(nor"),
     (_corrupt, r"train/a/0\.png: unreadable image"),
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),

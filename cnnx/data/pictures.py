@@ -1,7 +1,7 @@
-"""PNG and JPEG pictures (through Pillow): one file for ``cnnx predict``, or a dataset kept as
-folders, one per class, the way people collect their own images::
+"""Pictures (PNG, JPEG, BMP, WebP, TIFF, PPM/PGM, through Pillow): one file for ``cnnx
+predict``, or a dataset kept as folders, one per class, the way people collect their own images::
 
-    ROOT/train/<class name>/*.png, *.jpg, *.jpeg
+    ROOT/train/<class name>/*.png, *.jpg, ... (any of PICTURE_SUFFIXES)
     ROOT/val/<class name>/...       (optional: a validation set of its own)
     ROOT/test/<class name>/...
 
@@ -24,8 +24,9 @@ import numpy as np
 
 from .formats import to_nchw_float
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")  # one channel (+alpha)
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+SUFFIXES_TEXT = ", ".join(PICTURE_SUFFIXES)  # for messages
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")  # one channel (+alpha)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
 LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), with "
           "the pictures of each class in its folder")
@@ -44,6 +45,9 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)  # upright as viewers show it (phone photos)
+            if img.mode == "F":  # a TIFF of floats: no scale to read it by, convert would clip
+                raise ValueError(f"{path}: a floating-point picture (mode F); save it as an 8- "
+                                 "or 16-bit picture")
             if img.mode in SIXTEEN_BIT_MODES:  # Pillow's convert("L") would clip them at 255
                 img = Image.fromarray(_sixteen_to_eight_bits(np.asarray(img), path), "L")
             mode = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
@@ -138,7 +142,7 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
                              f"{', '.join(label_of)} (those of train/, or of the checkpoint)")
         found = _pictures_in(folder)
         if not found:
-            raise ValueError(f"{folder}: no .png, .jpg or .jpeg pictures in this class folder "
+            raise ValueError(f"{folder}: no pictures ({SUFFIXES_TEXT}) in this class folder "
                              "(nor in its subfolders)")
         labelled += [(path, label_of[folder.name]) for path in found]
     if not labelled:
