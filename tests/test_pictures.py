@@ -212,6 +212,12 @@ def _val_size(root):
     save(root / "val" / "a" / "0.png", gray(0, (5, 5)))
 
 
+def _class_folders_at_the_top(root):
+    (root / "train" / "a").rename(root / "a")
+    (root / "train").rmdir()
+    _no_test(root)
+
+
 def _no_classes(root):
     for path in (root / "train" / "a").iterdir():
         path.unlink()
@@ -227,6 +233,9 @@ def _no_classes(root):
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),
     (_no_classes, r"train: no class folders; a dataset directory holds"),
+    (_class_folders_at_the_top, r"pics: no train/ folder; .*; found class folders \(a/\) outside "
+                                r"train/: move them into .*pics/train/ and put held-out pictures "
+                                r"of each class in .*pics/test/<class>/$"),
     (_new_val_class, r"val/z: class 'z' is not among the classes a \(those of train/"),
     (_val_size, r"val/a/0\.png is 5,5 pixels \(height,width\) but .*train/a/0\.png is 6,5"),
 ])
@@ -237,6 +246,13 @@ def test_a_malformed_directory_is_a_one_line_error_naming_the_file(tmp_path, dam
     damage(root)
     with pytest.raises(ValueError, match=message):
         data.load_dataset(str(root))
+
+
+def test_class_folders_outside_test_are_pointed_at_test_when_only_test_is_read(tmp_path):
+    save(tmp_path / "pics" / "a" / "0.png", gray(0))  # what cnnx evaluate --dataset pics reads
+    with pytest.raises(ValueError, match=r"pics: no test/ folder; .*; found class folders \(a/\) "
+                                         r"outside test/: move them into .*pics/test/$"):
+        data.load_dataset(str(tmp_path / "pics"), splits=("test",))
 
 
 def test_without_pillow_the_error_says_what_to_install(tmp_path, monkeypatch):

@@ -84,7 +84,8 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         splits = tuple(split for split in splits if split != "val")
     for split in splits:
         if not (root / split).is_dir():
-            raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}")
+            raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}"
+                             + _class_folders_at_the_top(root, "train" in splits))
     if classes is None:
         source = root / "train" if (root / "train").is_dir() else root / splits[0]
         classes = [folder.name for folder in _class_folders(source)]
@@ -118,6 +119,21 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
 def folder_name(class_name: str) -> str:
     """The folder that holds a class's pictures: its name with each "/" written "_"."""
     return class_name.replace("/", "_")
+
+
+def _class_folders_at_the_top(root: Path, training: bool) -> str:
+    """A hint for a directory of class folders with no train/ or test/ around them (for
+    ``cnnx evaluate``, which reads test/ alone, when not ``training``)."""
+    if any((root / split).is_dir() for split in ("train", "val", "test")):
+        return ""
+    found = [folder.name for folder in _class_folders(root)]
+    if not found:
+        return ""
+    shown = ", ".join(f"{name}/" for name in found[:3]) + (", ..." if len(found) > 3 else "")
+    if not training:
+        return f"; found class folders ({shown}) outside test/: move them into {root / 'test'}/"
+    return (f"; found class folders ({shown}) outside train/: move them into {root / 'train'}/ and "
+            f"put held-out pictures of each class in {root / 'test'}/<class>/")
 
 
 def _refuse_other_val_names(root: Path) -> None:
