@@ -124,8 +124,7 @@ def cnnx():
               help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test "
                    "(optionally x_val, y_val), or a directory of pictures: "
                    "DIR/train/<class>/*.png and DIR/test/<class>/... (also .jpg, .bmp, .webp, "
-                   ".tif; optionally "
-                   "DIR/val/<class>/).")
+                   ".tif; optionally DIR/val/<class>/).")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--image-size", callback=_image_size, metavar="H,W",
@@ -244,9 +243,10 @@ def predict(checkpoint, files, top_k, device, as_json):
 
     FILES are .npy arrays (one image or a batch; uint8 or floats in [0, 1]), pictures (PNG,
     JPEG, BMP, WebP, TIFF, PPM/PGM; needs Pillow: pip install 'cnnx[images]'), or directories,
-    which stand for the .npy files and pictures in them, in name order. A picture is converted to the model's
-    channels (grayscale or RGB) and resized to its input size, nothing more: a model trained
-    on Fashion-MNIST expects a light garment on a black background. Prints the top-k classes
+    which stand for the .npy files and pictures in them, in name order. A picture is
+    converted to the model's channels (grayscale or RGB) and resized to its input size,
+    nothing more: a model trained on Fashion-MNIST expects a light garment on a black
+    background. Prints the top-k classes
     with their probabilities, and class names when the checkpoint knows them.
     """
     results = tools.predict_files(checkpoint, files, top_k, device, log=_log)

@@ -59,7 +59,8 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
 # ------------------------------------------------------------------------------ predict
 def read_images(path, shape) -> np.ndarray:
     """Images from a ``.npy`` (one image or a batch; HW, CHW, HWC; uint8 or floats in [0, 1])
-    or a picture (PNG, JPEG, ...: needs Pillow), as float32 (N, C, H, W) matching ``shape`` = (C, H, W)."""
+    or a picture (PNG, JPEG, ...: needs Pillow), as float32 (N, C, H, W) matching ``shape`` =
+    (C, H, W)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")

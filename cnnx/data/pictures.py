@@ -27,7 +27,7 @@ from .formats import to_nchw_float
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SUFFIXES_TEXT = ", ".join(PICTURE_SUFFIXES)  # for messages
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")  # one channel (+alpha)
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens a 16-bit grayscale PNG
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit gray PNG/TIFF
 LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), with "
           "the pictures of each class in its folder")
 OTHER_VAL_NAMES = ("valid", "validation", "dev")  # what people also call val/: asked to rename
