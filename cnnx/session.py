@@ -18,6 +18,12 @@ from .train import TrainingDiverged, batch_slices, epoch_order, evaluate, fit, s
 
 RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
 TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
+OWN, HELD_OUT = "the dataset's own", "held out of train"  # where a validation set came from
+
+
+def validation_source(ds) -> str:
+    """Where ``ds``'s validation set comes from (saved in checkpoints: a resume keeps it)."""
+    return OWN if ds.x_val is not None else HELD_OUT
 
 
 class Session:
@@ -168,6 +174,7 @@ class Session:
             path, self.model, self.optimizer, epoch=epoch, step=step, order=order, model_state=state,
             metrics=self.history, config=dataclasses.asdict(self.cfg), dataset=ds.name,
             class_names=ds.class_names, preprocess=self.prep.preprocess, best=self.best,
+            validation=validation_source(ds),
             rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
 
     def _write_metrics(self) -> None:

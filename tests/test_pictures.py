@@ -308,6 +308,9 @@ def test_image_size_trains_on_pictures_of_many_sizes_and_resume_keeps_it(isolate
     assert "a resumed run keeps its image size" in one_line_error(
         invoke("train", "--resume", "run", "--epochs", 2, "--image-size", 16))
     assert invoke("train", "--resume", "run", "--epochs", 2, "--device", "cpu").exit_code == 0
+    save(tmp_path / "pics" / "val" / "r" / "0.jpg", np.zeros((20, 24, 3), np.uint8))
+    assert ("pics now has a validation set of its own, but this run's validation set was held "
+            "out of train") in one_line_error(invoke("train", "--resume", "run", "--epochs", 3))
     assert "--image-size resizes a directory of pictures; synthetic images come in one size" in (
         one_line_error(invoke("train", "--dataset", "synthetic", "--image-size", 16)))
     assert "expected HEIGHT,WIDTH such as 64,48" in one_line_error(
@@ -337,3 +340,10 @@ def test_training_validates_on_the_val_folder_instead_of_holding_out_train(isola
     assert ("--val-split 0.2: pics has a validation set of its own (its val/ folder); leave "
             "--val-split out to use it") in error
     assert not (tmp_path / "other").exists()
+    # val/ gone: a resume would hold 10% of train out, changing the run's training set
+    (tmp_path / "pics" / "val").rename(tmp_path / "val_elsewhere")
+    assert ("pics no longer has a validation set of its own, but this run's validation set was "
+            "the dataset's own; a resumed run keeps its training set") in one_line_error(
+        invoke("train", "--resume", "run", "--epochs", 2, "--device", "cpu"))
+    (tmp_path / "val_elsewhere").rename(tmp_path / "pics" / "val")
+    assert invoke("train", "--resume", "run", "--epochs", 2, "--device", "cpu").exit_code == 0
