@@ -216,7 +216,8 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
         session.restore(ck)
     listener.message(report.device_line(device, backend)
                      + (", training steps replayed from a CUDA graph" if cuda_graph else ""))
-    own = f" ({OWN})" if prep.dataset.x_val is not None else ""
+    source = validation_source(prep.dataset)
+    own = f" ({source})" if source == OWN else ""
     listener.message(f"training {cfg.model} on {prep.dataset.name} ({prep.dataset.source}): "
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
                      f"validation{own} / {len(prep.test[1])} test images; writing to {out}")

@@ -24,6 +24,7 @@ __all__ = [
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
 SPLITS = ("train", "val", "test")  # "val" is optional: read where the dataset has one
+MAIN_SPLITS = ("train", "test")  # every dataset has them (empty when not read)
 
 
 @dataclass
@@ -66,14 +67,14 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     malformed data.
     """
     splits = tuple(splits)
-    if not set(splits) <= set(SPLITS) or not {"train", "test"} & set(splits):
+    if not set(splits) <= set(SPLITS) or not set(MAIN_SPLITS) & set(splits):
         raise ValueError(f"splits must be some of {SPLITS}, with train or test, got {splits}")
     if not is_picture_directory(name) and (image_size, channels, classes) != (None, None, None):
         raise ValueError(f"image size, channels and classes are chosen for a directory of "
                          f"pictures only; {name} comes as it is")
     if name == "synthetic":
         arrays = make_synthetic()
-        for split in {"train", "test"} - set(splits):
+        for split in set(MAIN_SPLITS) - set(splits):
             del arrays[f"x_{split}"], arrays[f"y_{split}"]
         return _from_dict("synthetic", arrays, "generated (seed 0)")
     if name in KNOWN:
@@ -105,7 +106,7 @@ def class_names_for(name: str) -> list | None:
 def _from_dict(name, d, source) -> Dataset:
     """A Dataset from the arrays read; train or test, when not read, becomes empty."""
     x_read = next(d[f"x_{split}"] for split in SPLITS if f"x_{split}" in d)
-    for split in ("train", "test"):
+    for split in MAIN_SPLITS:
         d.setdefault(f"x_{split}", x_read[:0])
         d.setdefault(f"y_{split}", np.empty(0, np.int64))
     names = d.get("class_names") or class_names_for(name) or []
