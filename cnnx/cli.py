@@ -243,11 +243,11 @@ def predict(checkpoint, files, top_k, device, as_json):
 
     FILES are .npy arrays (one image or a batch; uint8 or floats in [0, 1]), pictures (PNG,
     JPEG, BMP, WebP, TIFF, PPM/PGM; needs Pillow: pip install 'cnnx[images]'), or directories,
-    which stand for the .npy files and pictures in them, in name order. A picture is
-    converted to the model's channels (grayscale or RGB) and resized to its input size,
-    nothing more: a model trained on Fashion-MNIST expects a light garment on a black
-    background. Prints the top-k classes
-    with their probabilities, and class names when the checkpoint knows them.
+    which stand for the .npy files and pictures in them and their subfolders, in path order.
+    A picture is converted to the model's channels (grayscale or RGB) and resized to its input
+    size, nothing more: a model trained on Fashion-MNIST expects a light garment on a black
+    background. Prints the top-k classes with their probabilities, and class names when the
+    checkpoint knows them.
     """
     results = tools.predict_files(checkpoint, files, top_k, device, log=_log)
     if as_json:

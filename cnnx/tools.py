@@ -9,7 +9,7 @@ import numpy as np
 
 from . import checkpoint, data, models, report
 from .backends import get_backend, make_rng
-from .data.pictures import PICTURE_SUFFIXES, SUFFIXES_TEXT, read_picture
+from .data.pictures import PICTURE_SUFFIXES, SUFFIXES_TEXT, files_under, read_picture
 from .gradcheck import gradcheck
 from .losses import SoftmaxCrossEntropy
 from .train import evaluate, predict
@@ -77,17 +77,17 @@ def read_images(path, shape) -> np.ndarray:
 
 
 def image_files(paths) -> list[Path]:
-    """``paths`` with each directory replaced by the image files in it (.npy and
-    PICTURE_SUFFIXES; not its subdirectories), sorted by name."""
+    """``paths`` with each directory replaced by the image files (.npy and PICTURE_SUFFIXES)
+    in it and its subfolders, hidden ones left out, sorted by path."""
     files = []
     for path in map(Path, paths):
         if not path.is_dir():
             files.append(path)
             continue
-        found = sorted(p for p in path.iterdir()
-                       if p.is_file() and p.suffix.lower() in (".npy",) + PICTURE_SUFFIXES)
+        found = files_under(path, (".npy",) + PICTURE_SUFFIXES)
         if not found:
-            raise ValueError(f"{path}: a directory without images (.npy, {SUFFIXES_TEXT})")
+            raise ValueError(f"{path}: no images (.npy, {SUFFIXES_TEXT}) in this directory "
+                             "nor in its subfolders")
         files.extend(found)
     return files
 

@@ -121,8 +121,8 @@ def test_predict_npy_and_png(run_dir, tiny, tmp_path):
 
 
 def test_predict_a_directory(run_dir, tiny, tmp_path):
-    """A directory stands for its image files, in name order; other files and subdirectories
-    are passed over; a directory without images is a one-line error."""
+    """A directory stands for its image files and its subfolders', in path order; other files
+    and hidden folders are passed over; a directory without images is a one-line error."""
     out, _ = run_dir
     with np.load(tiny) as d:
         images = d["x_test"][:3]
@@ -132,13 +132,16 @@ def test_predict_a_directory(run_dir, tiny, tmp_path):
         with open(pictures / name, "wb") as f:   # np.save would add ".npy" to "a.NPY"
             np.save(f, image)
     np.save(pictures / "nested" / "d.npy", images[0])
+    (pictures / ".ipynb_checkpoints").mkdir()
+    np.save(pictures / ".ipynb_checkpoints" / "e.npy", images[0])
     (pictures / "notes.txt").write_text("not an image")
     rows = json.loads(invoke("predict", out, pictures, "--json").stdout)
-    assert [os.path.basename(r["file"]) for r in rows] == ["a.NPY", "b.npy", "c.npy"]
+    assert [os.path.relpath(r["file"], pictures) for r in rows] == [
+        "a.NPY", "b.npy", "c.npy", os.path.join("nested", "d.npy")]
     one_by_one = json.loads(invoke("predict", out, pictures / "a.NPY", "--json").stdout)
     assert rows[0]["top"] == one_by_one[0]["top"]
-    (tmp_path / "empty").mkdir()
-    assert "empty: a directory without images (.npy, .png, .jpg" in one_line_error(
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert "empty: no images (.npy, .png, .jpg" in one_line_error(
         invoke("predict", out, tmp_path / "empty"))
 
 

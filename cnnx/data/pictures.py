@@ -156,7 +156,7 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
         if folder.name not in label_of:
             raise ValueError(f"{folder}: class {folder.name!r} is not among the classes "
                              f"{', '.join(label_of)} (those of train/, or of the checkpoint)")
-        found = _pictures_in(folder)
+        found = files_under(folder)
         if not found:
             raise ValueError(f"{folder}: no pictures ({SUFFIXES_TEXT}) in this class folder "
                              "(nor in its subfolders)")
@@ -166,14 +166,14 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
     return labelled
 
 
-def _pictures_in(folder: Path) -> list[Path]:
-    """The pictures in ``folder`` and its subfolders (as ImageFolder reads them: a class kept
-    in folders by date or source), hidden files and folders (.ipynb_checkpoints) left out, in
-    path order."""
+def files_under(folder: Path, suffixes=PICTURE_SUFFIXES) -> list[Path]:
+    """The files in ``folder`` and its subfolders whose suffix is one of ``suffixes`` (as
+    ImageFolder reads a class kept in folders by date or source), hidden files and folders
+    (.ipynb_checkpoints) left out, in path order."""
     found = []
-    for path in folder.rglob("*"):
+    for path in Path(folder).rglob("*"):
         hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if not hidden and path.suffix.lower() in PICTURE_SUFFIXES and path.is_file():
+        if not hidden and path.suffix.lower() in suffixes and path.is_file():
             found.append(path)
     return sorted(found)
 
