@@ -124,7 +124,8 @@ def cnnx():
               help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test "
                    "(optionally x_val, y_val), or a directory of pictures: "
                    "DIR/train/<class>/*.png and DIR/test/<class>/... (also .jpg, .bmp, .webp, "
-                   ".tif; optionally DIR/val/<class>/).")
+                   ".tif; optionally DIR/val/<class>/), or DIR/<class>/ alone, of which "
+                   "20% of each class is held out for testing.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--image-size", callback=_image_size, metavar="H,W",
@@ -219,14 +220,16 @@ def evaluate(checkpoint, dataset, data_dir, device, batch_size, as_json):
     """Score a checkpoint on a test set.
 
     Accuracy, loss, per-class accuracy and the confusion matrix of CHECKPOINT (a .npz file or
-    a run directory, whose checkpoint.npz is used) on the test split of --dataset; the
-    training split is not read.
+    a run directory, whose checkpoint.npz is used) on the test split of --dataset (of a
+    directory of class folders alone: the share that training held out); the training split
+    is not read.
     """
     r = tools.evaluate_checkpoint(checkpoint, dataset, data_dir, device, batch_size, log=_log)
     if as_json:
         click.echo(json.dumps(r, indent=2))
         return
-    click.echo(f"{r['dataset']} test set, {r['images']} images, on {r['device']}: "
+    held_out = f" ({r['test_source']})" if r["test_source"] else ""
+    click.echo(f"{r['dataset']} test set{held_out}, {r['images']} images, on {r['device']}: "
                f"accuracy {r['accuracy']:.4f}, loss {r['loss']:.4f}")
     click.echo(report.format_confusion(r["confusion_matrix"], r["class_names"]))
 

@@ -29,7 +29,7 @@ from .graph import check_replayable
 from .layers.base import DTYPES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
-from .session import OWN, Session, validation_source
+from .session import OWN, Session, test_source, validation_source
 from .train import TrainingDiverged
 
 DEFAULT_VAL_SPLIT = 0.1  # of train held out for validation when a dataset has no val set
@@ -130,15 +130,23 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
                     {"mean": mean.tolist(), "std": std.tolist()})
 
 
-def check_validation_source(ck: checkpoint.Checkpoint, ds: data.Dataset) -> None:
-    """A resumed run keeps where its validation set came from: a val/ folder that appeared
-    (or went) since would change its training set."""
+def check_same_splits(ck: checkpoint.Checkpoint, ds: data.Dataset) -> None:
+    """A resumed run keeps where its validation and test sets came from: a val/ folder that
+    appeared (or went) since, or train/ and test/ folders made around class folders that stood
+    alone, would change its training set."""
     saved, now = ck.header.get("validation"), validation_source(ds)
     if saved is not None and saved != now:
         raise ValueError(f"{ds.source} {'now has' if now == OWN else 'no longer has'} a "
                          f"validation set of its own, but this run's validation set was {saved}; "
-                         "a resumed run keeps its training set: restore the dataset as it was "
-                         "or start a new run")
+                         f"{KEEPS_ITS_TRAINING_SET}")
+    saved, now = ck.header.get("test"), test_source(ds)
+    if saved is not None and saved != now:
+        raise ValueError(f"{ds.source}'s test set is now {now}, but this run's was {saved}; "
+                         f"{KEEPS_ITS_TRAINING_SET}")
+
+
+KEEPS_ITS_TRAINING_SET = ("a resumed run keeps its training set: restore the dataset as it was or "
+                          "start a new run")
 
 
 def build_model(cfg: TrainConfig, ds: data.Dataset):
@@ -206,7 +214,7 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
     backend = get_backend(device)
     prep = prepare_data(cfg, log=listener.message)
     if ck is not None:
-        check_validation_source(ck, prep.dataset)
+        check_same_splits(ck, prep.dataset)
     model = _model_for(cfg, prep.dataset, ck, explicit_model="model" in options).to(backend)
     if cuda_graph:
         check_replayable(model)  # before anything is written
@@ -218,9 +226,11 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
                      + (", training steps replayed from a CUDA graph" if cuda_graph else ""))
     source = validation_source(prep.dataset)
     own = f" ({source})" if source == OWN else ""
+    held_out = f" ({prep.dataset.test_source})" if prep.dataset.test_source else ""
     listener.message(f"training {cfg.model} on {prep.dataset.name} ({prep.dataset.source}): "
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
-                     f"validation{own} / {len(prep.test[1])} test images; writing to {out}")
+                     f"validation{own} / {len(prep.test[1])} test images{held_out}; writing to "
+                     f"{out}")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)

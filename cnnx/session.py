@@ -26,6 +26,11 @@ def validation_source(ds) -> str:
     return OWN if ds.x_val is not None else HELD_OUT
 
 
+def test_source(ds) -> str:
+    """Where ``ds``'s test set comes from (saved in checkpoints: a resume keeps it)."""
+    return ds.test_source or OWN
+
+
 class Session:
     def __init__(self, cfg, model, optimizer, prep, out: Path, listener, device: str,
                  cuda_graph: bool = False):
@@ -174,7 +179,7 @@ class Session:
             path, self.model, self.optimizer, epoch=epoch, step=step, order=order, model_state=state,
             metrics=self.history, config=dataclasses.asdict(self.cfg), dataset=ds.name,
             class_names=ds.class_names, preprocess=self.prep.preprocess, best=self.best,
-            validation=validation_source(ds),
+            validation=validation_source(ds), test=test_source(ds),
             rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
 
     def _write_metrics(self) -> None:

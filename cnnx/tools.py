@@ -50,8 +50,8 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     classes = max(model.shapes()[-1][0], ds.num_classes)
     matrix = report.confusion_matrix(ds.y_test, out["predictions"], classes)
     names = ds.class_names or ck.header.get("class_names") or []
-    return {"checkpoint": str(ck.path), "dataset": ds.name, "device": model.backend.name,
-            "images": int(len(ds.y_test)), "accuracy": out["accuracy"], "loss": out["loss"],
+    return {"checkpoint": str(ck.path), "dataset": ds.name, "test_source": ds.test_source,
+            "device": model.backend.name, "images": int(len(ds.y_test)), "accuracy": out["accuracy"], "loss": out["loss"],
             "per_class_accuracy": report.per_class_accuracy(matrix), "class_names": list(names),
             "confusion_matrix": matrix.tolist()}
 

@@ -4,12 +4,14 @@ channels, the errors a user can make, and ``cnnx train / evaluate`` on such a di
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import numpy as np
 import pytest
 
 from cnnx import data, run
+from cnnx.data import pictures
 from cnnx.data.synthetic import make_synthetic
 from cli_fixtures import isolated  # noqa: F401 (pytest fixture)
 from cli_helpers import invoke, one_line_error
@@ -212,10 +214,12 @@ def _val_size(root):
     save(root / "val" / "a" / "0.png", gray(0, (5, 5)))
 
 
-def _class_folders_at_the_top(root):
-    (root / "train" / "a").rename(root / "a")
-    (root / "train").rmdir()
-    _no_test(root)
+def _no_folders_at_all(root):
+    for split in ("train", "test"):
+        for path in (root / split / "a").iterdir():
+            path.unlink()
+        (root / split / "a").rmdir()
+        (root / split).rmdir()
 
 
 def _no_classes(root):
@@ -233,9 +237,8 @@ def _no_classes(root):
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),
     (_no_classes, r"train: no class folders; a dataset directory holds"),
-    (_class_folders_at_the_top, r"pics: no train/ folder; .*; found class folders \(a/\) outside "
-                                r"train/: move them into .*pics/train/ and put held-out pictures "
-                                r"of each class in .*pics/test/<class>/$"),
+    (_no_folders_at_all, r"pics: no train/ folder; a dataset directory holds ROOT/train/<class>/ "
+                         r"and ROOT/test/<class>/ .*, or ROOT/<class>/ alone"),
     (_new_val_class, r"val/z: class 'z' is not among the classes a \(those of train/"),
     (_val_size, r"val/a/0\.png is 5,5 pixels \(height,width\) but .*train/a/0\.png is 6,5"),
 ])
@@ -248,11 +251,61 @@ def test_a_malformed_directory_is_a_one_line_error_naming_the_file(tmp_path, dam
         data.load_dataset(str(root))
 
 
-def test_class_folders_outside_test_are_pointed_at_test_when_only_test_is_read(tmp_path):
-    save(tmp_path / "pics" / "a" / "0.png", gray(0))  # what cnnx evaluate --dataset pics reads
-    with pytest.raises(ValueError, match=r"pics: no test/ folder; .*; found class folders \(a/\) "
-                                         r"outside test/: move them into .*pics/test/$"):
-        data.load_dataset(str(tmp_path / "pics"), splits=("test",))
+def numbered(i: int) -> np.ndarray:
+    """A 2x2 picture that says which one it is: i in its first two pixels."""
+    return np.array([[i // 256, i % 256], [0, 0]], np.uint8)
+
+
+def number_of(image: np.ndarray) -> int:
+    return int(round(image[0, 0, 0] * 255)) * 256 + int(round(image[0, 0, 1] * 255))
+
+
+def test_class_folders_alone_hold_out_a_fixed_share_of_each_class_for_testing(tmp_path):
+    root = tmp_path / "flat"
+    names = {"cat": range(0, 120), "dog": range(120, 200), "dev": range(200, 260)}
+    for name, numbers in names.items():  # a class named dev/ is a class, not a validation set
+        for i in numbers:
+            save(root / name / ("2024" if i % 2 else "") / f"IMG_{i:04d}.png", numbered(i))
+    ds = data.load_dataset(str(root))
+    assert ds.class_names == ["cat", "dev", "dog"] and ds.x_val is None
+    assert ds.test_source == "20% of each class folder, chosen by file name"
+    train = {number_of(x): int(y) for x, y in zip(ds.x_train, ds.y_train)}
+    test = {number_of(x): int(y) for x, y in zip(ds.x_test, ds.y_test)}
+    assert not train.keys() & test.keys() and sorted(train.keys() | test.keys()) == list(range(260))
+    label = {i: ds.class_names.index(name) for name, numbers in names.items() for i in numbers}
+    assert {**train, **test} == label
+    for name, numbers in names.items():  # each picture's place is the hash of its path in class
+        held = [i for i in numbers if pictures.held_out_for_test(
+            ("2024/" if i % 2 else "") + f"IMG_{i:04d}.png")]
+        assert held == sorted(i for i in test if i in numbers)
+        assert 0.1 < len(held) / len(numbers) < 0.3
+    # cnnx evaluate reads the same test set; pictures added later move none of the others
+    for i in range(260, 300):
+        save(root / "cat" / f"IMG_{i:04d}.png", numbered(i))
+    more = data.load_dataset(str(root), splits=("test",), classes=ds.class_names)
+    assert more.test_source == ds.test_source and len(more.x_train) == 0
+    added = {number_of(x) for x in more.x_test} - set(test)
+    assert {number_of(x) for x in more.x_test} >= set(test) and added <= set(range(260, 300))
+
+
+def test_the_held_out_share_is_a_fifth_of_any_names():
+    held = [pictures.held_out_for_test(f"photo {i}.jpg") for i in range(20_000)]
+    assert abs(np.mean(held) - pictures.TEST_SHARE) < 0.01
+
+
+def test_a_class_with_too_few_pictures_for_both_sides_is_a_one_line_error(tmp_path):
+    in_test = next(f"{i}.png" for i in range(100) if pictures.held_out_for_test(f"{i}.png"))
+    in_train = next(f"{i}.png" for i in range(100) if not pictures.held_out_for_test(f"{i}.png"))
+    save(tmp_path / "flat" / "a" / in_train, gray(0))
+    save(tmp_path / "flat" / "b" / in_test, gray(0))
+    with pytest.raises(ValueError, match=r"flat/b: every picture of this class fell into the 20% "
+                                         r"held out for testing; give it more pictures, or make "
+                                         r"train/ and test/ folders"):
+        data.load_dataset(str(tmp_path / "flat"))
+    (tmp_path / "flat" / "b" / in_test).rename(tmp_path / "flat" / "b" / in_train)
+    with pytest.raises(ValueError, match=r"flat: none of its 2 pictures fell into the 20% held "
+                                         r"out for testing; add pictures, or make train/ and"):
+        data.load_dataset(str(tmp_path / "flat"))
 
 
 def test_without_pillow_the_error_says_what_to_install(tmp_path, monkeypatch):
@@ -287,6 +340,32 @@ def test_train_and_evaluate_on_a_directory_of_pictures(isolated, tmp_path):  # n
     assert two["per_class_accuracy"][-2:] == full["per_class_accuracy"][-2:]
     assert "unknown dataset 'nowhere': use one of" in one_line_error(
         invoke("evaluate", "run", "--dataset", "nowhere"))
+
+
+def test_train_then_evaluate_class_folders_alone_on_the_share_held_out(isolated, tmp_path):  # noqa: F811
+    arrays = make_synthetic(120, 1, seed=5)
+    for i, (x, y) in enumerate(zip(arrays["x_train"], arrays["y_train"])):
+        save(tmp_path / "pics" / f"class{y}" / f"{i:03d}.png", (x[0] * 255).round().astype(np.uint8))
+    held = sum(pictures.held_out_for_test(f"{i:03d}.png") for i in range(120))
+    result = invoke("train", "--device", "cpu", "--dataset", "pics", "--model", "seed-cnn",
+                    "--epochs", 1, "--out", "run")
+    assert result.exit_code == 0, result.output
+    assert (f"train / {round(0.1 * (120 - held))} validation / {held} test images (20% of each "
+            "class folder, chosen by file name)") in result.output
+    report = invoke("evaluate", "run")
+    assert report.stdout.startswith(f"pics test set (20% of each class folder, chosen by file "
+                                    f"name), {held} images, on cpu: accuracy ")
+    as_json = json.loads(invoke("evaluate", "run", "--json").stdout)
+    assert as_json["images"] == held and as_json["test_source"] == pictures.HELD_OUT_TEST
+    # train/ and test/ folders made around them since: resuming would train on other pictures
+    (tmp_path / "train").mkdir()
+    for folder in (tmp_path / "pics").iterdir():
+        folder.rename(tmp_path / "train" / folder.name)
+    (tmp_path / "train").rename(tmp_path / "pics" / "train")
+    shutil.copytree(tmp_path / "pics" / "train" / "class0", tmp_path / "pics" / "test" / "class0")
+    assert ("pics's test set is now the dataset's own, but this run's was 20% of each class "
+            "folder, chosen by file name; a resumed run keeps its training set") in (
+        one_line_error(invoke("train", "--resume", "run", "--epochs", 2)))
 
 
 def test_image_size_trains_on_pictures_of_many_sizes_and_resume_keeps_it(isolated, tmp_path):  # noqa: F811

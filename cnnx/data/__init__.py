@@ -38,6 +38,7 @@ class Dataset:
     source: str  # where it was read from
     x_val: np.ndarray | None = None  # the dataset's own validation set; None when it has none
     y_val: np.ndarray | None = None
+    test_source: str | None = None  # where the test set came from, when not a split of its own
 
     @property
     def input_shape(self) -> tuple:
@@ -53,7 +54,8 @@ class Dataset:
 def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
                  splits=SPLITS, classes=None, image_size=None, channels=None) -> Dataset:
     """Load a known dataset by name, or by path an ``.npz`` file or a directory of pictures
-    (``train/<class>/*.png``, ``test/<class>/...``: see ``pictures``).
+    (``train/<class>/*.png``, ``test/<class>/...``, or class folders alone, whose test set is
+    a share of each: see ``pictures``).
 
     ``splits`` names the splits to read: a split left out is never read from disk (nor need an
     ``.npz`` hold it) and comes back empty, with the images' shape; ``cnnx evaluate`` reads only
@@ -111,7 +113,7 @@ def _from_dict(name, d, source) -> Dataset:
         d.setdefault(f"y_{split}", np.empty(0, np.int64))
     names = d.get("class_names") or class_names_for(name) or []
     return Dataset(name, d["x_train"], d["y_train"], d["x_test"], d["y_test"], list(names), source,
-                   d.get("x_val"), d.get("y_val"))
+                   d.get("x_val"), d.get("y_val"), d.get("test_source"))
 
 
 def _load_known(name, data_dir, download, log, splits) -> Dataset:

@@ -5,6 +5,11 @@ predict``, or a dataset kept as folders, one per class, the way people collect t
     ROOT/val/<class name>/...       (optional: a validation set of its own)
     ROOT/test/<class name>/...
 
+or, with no train/ or test/ around them, ``ROOT/<class name>/...`` alone: then the test set is
+a fixed share (TEST_SHARE) of each class folder, a picture's place decided by a hash of its
+path inside the class folder (``held_out_for_test``), so that it never changes when pictures
+are added or removed and ``cnnx evaluate`` reads the same test set that training left out.
+
 Labels number the classes in the sorted order of train/'s folder names (as torchvision's
 ImageFolder does), so the same folders always give the same labels. val/ and test/ may lack a
 class but may not add one. A class whose name holds a "/" (given by a checkpoint) has it
@@ -18,7 +23,8 @@ skipped.
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -28,8 +34,10 @@ PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 SUFFIXES_TEXT = ", ".join(PICTURE_SUFFIXES)  # for messages
 GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L")  # one channel (+alpha)
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit gray PNG/TIFF
-LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), with "
-          "the pictures of each class in its folder")
+LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), or "
+          "ROOT/<class>/ alone, with the pictures of each class in its folder")
+TEST_SHARE = 0.2  # of each class folder, in a directory of class folders without train/, test/
+HELD_OUT_TEST = f"{TEST_SHARE:.0%} of each class folder, chosen by file name"  # for messages
 OTHER_VAL_NAMES = ("valid", "validation", "dev")  # what people also call val/: asked to rename
 
 
@@ -70,7 +78,8 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
                          channels=None) -> dict:
     """``x_<split>`` (float32 NCHW in [0, 1]), ``y_<split>`` (int64) for each of ``splits``
     and ``class_names``, from ``root``'s class folders (module docstring); "val" is read only
-    where a val/ folder exists. ``classes``: the class names to label by (a checkpoint's, when
+    where a val/ folder exists; ``test_source`` too when the test set is the share held out of
+    class folders alone. ``classes``: the class names to label by (a checkpoint's, when
     only test/ is read), instead of train/'s; ``size`` = (height, width): resize every picture
     to it; ``channels`` (1 or 3): convert every picture to grayscale or RGB. (``cnnx evaluate``
     gives all three from the checkpoint.)"""
@@ -79,15 +88,16 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         raise ValueError(f"pictures have 1 (grayscale) or 3 (RGB) channels, not {channels}")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     resize = None if size is None else (int(size[1]), int(size[0]))  # Pillow's (width, height)
+    flat = _class_folders_only(root)
     if "val" in splits and not (root / "val").is_dir():
-        _refuse_other_val_names(root)
+        if not flat:
+            _refuse_other_val_names(root)
         splits = tuple(split for split in splits if split != "val")
-    for split in splits:
+    for split in splits if not flat else ():
         if not (root / split).is_dir():
-            raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}"
-                             + _class_folders_at_the_top(root, "train" in splits))
+            raise ValueError(f"{root}: no {split}/ folder; a dataset directory holds {LAYOUT}")
     if classes is None:
-        source = root / "train" if (root / "train").is_dir() else root / splits[0]
+        source = root if flat else root / "train" if (root / "train").is_dir() else root / splits[0]
         classes = [folder.name for folder in _class_folders(source)]
         if not classes:
             raise ValueError(f"{source}: no class folders; a dataset directory holds {LAYOUT}")
@@ -96,7 +106,10 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
     label_of = {folder_name(name): label for label, name in enumerate(classes)}
     if len(label_of) < len(classes):
         raise ValueError(f"classes {', '.join(classes)}: two of them would share one folder name")
-    files = {split: _labelled_files(root / split, label_of) for split in splits}
+    if flat:
+        files = _split_class_folders(root, label_of, splits)
+    else:
+        files = {split: _labelled_files(root / split, label_of) for split in splits}
     pictures = {split: [read_picture(path, mode, resize) for path, _ in files[split]]
                 for split in splits}
     every = [(path, picture) for split in splits for (path, _), picture in
@@ -109,9 +122,11 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
                              "all with --image-size HEIGHT,WIDTH")
     color = any(picture.ndim == 3 for _, picture in every)
     out = {"class_names": list(classes)}
+    if flat:
+        out["test_source"] = HELD_OUT_TEST
     for split in splits:
         x = np.stack([_as_channels(picture, color) for picture in pictures[split]])
-        out[f"x_{split}"] = to_nchw_float(x, root / split)
+        out[f"x_{split}"] = to_nchw_float(x, root if flat else root / split)
         out[f"y_{split}"] = np.array([label for _, label in files[split]], dtype=np.int64)
     return out
 
@@ -121,19 +136,40 @@ def folder_name(class_name: str) -> str:
     return class_name.replace("/", "_")
 
 
-def _class_folders_at_the_top(root: Path, training: bool) -> str:
-    """A hint for a directory of class folders with no train/ or test/ around them (for
-    ``cnnx evaluate``, which reads test/ alone, when not ``training``)."""
+def held_out_for_test(path_in_class: str) -> bool:
+    """Whether a picture of a directory of class folders alone belongs to its test set: a
+    pseudo-random draw with probability TEST_SHARE, fixed by the picture's path inside its
+    class folder ("2024/IMG_001.jpg"), so no picture ever moves between train and test as
+    others come and go, and renaming a class folder moves none."""
+    digest = hashlib.sha256(path_in_class.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2**64
+
+
+def _class_folders_only(root: Path) -> bool:
+    """Whether ``root`` holds class folders alone, with no train/, val/ or test/."""
     if any((root / split).is_dir() for split in ("train", "val", "test")):
-        return ""
-    found = [folder.name for folder in _class_folders(root)]
-    if not found:
-        return ""
-    shown = ", ".join(f"{name}/" for name in found[:3]) + (", ..." if len(found) > 3 else "")
-    if not training:
-        return f"; found class folders ({shown}) outside test/: move them into {root / 'test'}/"
-    return (f"; found class folders ({shown}) outside train/: move them into {root / 'train'}/ and "
-            f"put held-out pictures of each class in {root / 'test'}/<class>/")
+        return False
+    return bool(_class_folders(root))
+
+
+def _split_class_folders(root: Path, label_of: dict, splits) -> dict:
+    """{split: [(picture, label)]} for "train" and/or "test" of a directory of class folders
+    alone: each picture goes to test when ``held_out_for_test`` says, else to train."""
+    files = {"train": [], "test": []}
+    for path, label in _labelled_files(root, label_of):
+        in_class = PurePosixPath(*path.relative_to(root).parts[1:]).as_posix()
+        files["test" if held_out_for_test(in_class) else "train"].append((path, label))
+    if "train" in splits:
+        trained = {label for _, label in files["train"]}
+        for name in (name for name, label in label_of.items() if label not in trained):
+            raise ValueError(f"{root / name}: every picture of this class fell into the "
+                             f"{TEST_SHARE:.0%} held out for testing; give it more pictures, "
+                             "or make train/ and test/ folders")
+    if "test" in splits and not files["test"]:
+        raise ValueError(f"{root}: none of its {len(files['train'])} pictures fell into the "
+                         f"{TEST_SHARE:.0%} held out for testing; add pictures, or make "
+                         "train/ and test/ folders")
+    return {split: files[split] for split in splits}
 
 
 def _refuse_other_val_names(root: Path) -> None:
