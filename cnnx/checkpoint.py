@@ -75,14 +75,15 @@ class Checkpoint:
 
     def build_model(self, device="cpu", seed: int | None = None):
         """The model this checkpoint was saved from, with its weights and buffers, on
-        ``device``. ``seed`` (default: the run's, from the header) seeds layers that draw
-        random numbers while training, such as dropout."""
+        ``device``. ``seed`` (default: the saved model's) seeds layers that draw random
+        numbers while training, such as dropout, so that they go on as they would have."""
         from .model import from_spec
 
-        if seed is None:
-            seed = int((self.header.get("rng") or {}).get("seed", 0))
+        if seed is None:  # files before model_seed was written: the run's seed, which it was
+            seed = self.header.get("model_seed", (self.header.get("rng") or {}).get("seed", 0))
         try:
-            model = from_spec(self.spec, input_shape=self.input_shape, seed=seed,
+            # input_shape () was saved from a model given none: it sizes itself on first use
+            model = from_spec(self.spec, input_shape=self.input_shape or None, seed=int(seed),
                               dtype=self.dtype)
             model.load_state_dict(self.model_state)
         except (ValueError, TypeError, KeyError) as exc:
@@ -100,6 +101,11 @@ class Checkpoint:
             raise CheckpointError(f"{self.path} was saved from another model ({problem})")
 
 
+# header entries save() writes itself; **info may not pass them
+HEADER_FROM_THE_MODEL = ("format", "format_version", "cnnx_version", "spec", "input_shape", "dtype",
+                         "model_seed")
+
+
 def save(path, model, optimizer=None, *, epoch: int = 0, step: int = 0, order=None,
          model_state: dict | None = None, **info) -> Path:
     """Write ``model`` (and ``optimizer``) plus ``info`` (JSON-able: metrics, seed, config, ...)
@@ -107,9 +113,14 @@ def save(path, model, optimizer=None, *, epoch: int = 0, step: int = 0, order=No
     caller has it already."""
     from . import __version__
 
+    clash = sorted(set(HEADER_FROM_THE_MODEL) & set(info))
+    if clash:
+        raise ValueError(f"checkpoint.save: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'}"
+                         " written from the model itself; pass other names for extra information")
     header = {"format": FORMAT, "format_version": FORMAT_VERSION, "cnnx_version": __version__,
               "spec": model.spec(), "input_shape": list(model.input_shape or ()),
-              "dtype": model.dtype, "epoch": int(epoch), "step": int(step), **info}
+              "dtype": model.dtype, "model_seed": model.seed, "epoch": int(epoch),
+              "step": int(step), **info}
     state = model.state_dict() if model_state is None else model_state
     arrays = {f"model/{_component(k)}": np.asarray(v) for k, v in state.items()}
     if optimizer is not None:

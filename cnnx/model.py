@@ -162,7 +162,8 @@ class Sequential:
                 raise ValueError(f"state does not fit this model: {name} has shape "
                                  f"{tuple(value.shape)}, the model needs {tuple(expected[name].shape)}")
             arrays = dict(getattr(layer, group))
-            arrays[key] = layer.backend.asarray(value, dtype=expected[name].dtype)
+            # a copy: two models loaded from one state must not train each other's weights
+            arrays[key] = layer.backend.asarray(value, dtype=expected[name].dtype, copy=True)
             setattr(layer, group, arrays)
 
     def spec(self) -> list[dict]:

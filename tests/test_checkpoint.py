@@ -171,3 +171,44 @@ def test_header_must_be_json(tmp_path, trained):
     with pytest.raises(ValueError, match="not JSON-able"):
         checkpoint.save(tmp_path / "c.npz", model, epoch=0, config={"x": object()})
     assert not os.listdir(tmp_path) if tmp_path.exists() else True
+
+
+def test_models_built_from_one_checkpoint_own_their_weights(tmp_path, trained):
+    """Training one model built from a file (an in-place update, as the optimizers make) leaves
+    a second one, and the loaded state, as they were."""
+    model, _, _, x = trained
+    ck = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model))
+    first, second = ck.build_model(), ck.build_model()
+    before = second.state_dict()
+    for name, array in first.layers[0].params.items():
+        array -= 1.0
+    for name, value in second.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+        np.testing.assert_array_equal(ck.model_state[name], before[name])
+
+
+def test_a_model_saved_without_an_input_shape_loads_and_sizes_itself(tmp_path):
+    model = cnnx.Sequential([cnnx.layers.Dense(4, 2)])
+    same = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model)).build_model()
+    x = np.ones((3, 4), np.float32)
+    assert same.input_shape is None
+    np.testing.assert_array_equal(same.forward(x), model.forward(x))
+
+
+def test_dropout_goes_on_with_the_saved_models_seed(tmp_path):
+    """The masks a model draws next depend on its seed: a library save() keeps it."""
+    def build():
+        return cnnx.Sequential([cnnx.layers.Flatten(), cnnx.layers.Dropout(0.5),
+                                cnnx.layers.Dense(16, 2)], input_shape=(1, 4, 4), seed=3)
+    model, x = build(), np.ones((2, 1, 4, 4), np.float32)
+    model.forward(x)  # one mask drawn: the next comes from the counter saved with the model
+    same = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model)).build_model()
+    np.testing.assert_array_equal(same.forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("name", checkpoint.HEADER_FROM_THE_MODEL)
+def test_extra_information_cannot_overwrite_what_save_writes(tmp_path, trained, name):
+    with pytest.raises(ValueError, match=f"checkpoint.save: {name} is written from the model "
+                                         "itself; pass other names"):
+        checkpoint.save(tmp_path / "c.npz", trained[0], **{name: "float64"})
+    assert not (tmp_path / "c.npz").exists()

@@ -62,9 +62,10 @@ class Backend:
     kernels_enabled = False
 
     # ---------------------------------------------------------------- transfers and helpers
-    def asarray(self, a, dtype=None):
-        """Copy or view ``a`` (any array-like, NumPy or this backend's) as this backend's array."""
-        return self.xp.asarray(a, dtype=dtype)
+    def asarray(self, a, dtype=None, copy: bool = False):
+        """``a`` (any array-like, NumPy or this backend's) as this backend's array: a view of it
+        where it can be, unless ``copy``."""
+        return self.xp.array(a, dtype=dtype, copy=True) if copy else self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a):
         raise NotImplementedError

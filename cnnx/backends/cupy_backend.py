@@ -199,9 +199,9 @@ class CupyBackend(Backend):
 
         return CudaGraphCapture(self)
 
-    def asarray(self, a, dtype=None):
-        with self.device:
-            return self.xp.asarray(a, dtype=dtype)
+    def asarray(self, a, dtype=None, copy: bool = False):
+        with self.device:  # a copy, too, is made on the current device
+            return self.xp.array(a, dtype=dtype, copy=True) if copy else self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a):
         return self.xp.asnumpy(a)
