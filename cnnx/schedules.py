@@ -16,7 +16,9 @@ class Schedule:
     def __call__(self, progress: float) -> float:
         """Learning rate at ``progress`` epochs: a linear warm-up, then ``decay``."""
         if progress < self.warmup:
-            return self.lr * (progress + 1e-3) / self.warmup
+            # + 1e-3 epochs: the very first step moves a little; min: a warm-up shorter than
+            # that offset must not overshoot the rate it warms up to
+            return self.lr * min(1.0, (progress + 1e-3) / self.warmup)
         return self.lr * self.decay(progress)
 
     def decay(self, progress: float) -> float:
@@ -49,6 +51,9 @@ class Cosine(Schedule):
         super().__init__(lr, warmup_epochs)
         if total_epochs <= warmup_epochs:
             raise ValueError("Cosine: total_epochs must exceed warmup_epochs")
+        if not 0 <= final_fraction <= 1:
+            raise ValueError(f"Cosine: final_fraction is the fraction of the rate to end at, "
+                             f"between 0 and 1, got {final_fraction}")
         self.total, self.final = float(total_epochs), float(final_fraction)
 
     def decay(self, progress):

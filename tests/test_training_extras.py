@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cnnx import Sequential, fit, gradcheck, layers, losses, optim, train
 from cnnx.augment import Augment
 from cnnx.backends import make_rng
-from cnnx.schedules import Cosine, StepDecay
+from cnnx.schedules import Constant, Cosine, StepDecay
 from cnnx.train import TrainingDiverged, stop_early
 
 
@@ -156,6 +156,20 @@ def test_schedules():
     cos = Cosine(1.0, total_epochs=11, warmup_epochs=1)
     assert cos(0.5) == pytest.approx(0.5, rel=0.01)  # half-way through the warm-up
     assert cos(1) == pytest.approx(1.0) and cos(6) == pytest.approx(0.5) and cos(11) == pytest.approx(0)
+
+
+@pytest.mark.parametrize("schedule", [Constant, lambda lr, warmup_epochs: StepDecay(
+    lr, 10, warmup_epochs=warmup_epochs), lambda lr, warmup_epochs: Cosine(lr, 2, warmup_epochs)])
+@pytest.mark.parametrize("warmup", [1e-4, 1e-3, 0.01, 1.5])
+def test_a_warm_up_rises_to_the_rate_and_never_above_it(schedule, warmup):
+    rates = [schedule(0.1, warmup_epochs=warmup)(p) for p in np.linspace(0, warmup, 50)]
+    assert rates == sorted(rates) and max(rates) <= 0.1 and rates[-1] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("final", [-1.0, 1.5])
+def test_cosine_ends_at_a_fraction_of_the_rate(final):
+    with pytest.raises(ValueError, match=f"final_fraction .* between 0 and 1, got {final}"):
+        Cosine(0.1, total_epochs=4, final_fraction=final)
 
 
 def test_augment_flip_and_shift_are_exact_and_replayable(backend):
