@@ -26,16 +26,26 @@ class Optimizer:
     def count_step(self) -> None:
         """Account for a step made with ``step(scalars)`` (or replayed from a graph)."""
 
+    def hyperparameters(self) -> dict:
+        """The constructor's settings, by keyword."""
+        return {"lr": self.lr}
+
     def state_dict(self) -> dict:
         """Host (NumPy) copies of the buffers plus the hyper-parameters, for checkpoints."""
         backend = self.model.backend
-        return {"lr": self.lr,
+        return {**self.hyperparameters(),
                 "buffers": {name: backend.to_numpy(v).copy() for name, v in self.state.items()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, hyperparameters: bool = True) -> None:
+        """Continue from ``state``: its buffers, and (unless ``hyperparameters`` is False:
+        cnnx train --resume keeps the run's settings, which the command line may change) the
+        settings it was saved with; a setting the state lacks keeps its value here."""
+        if hyperparameters:
+            saved = {key: state[key] for key in self.hyperparameters() if key in state}
+            # through the constructor, which checks them (and empties the buffers, loaded next)
+            type(self).__init__(self, self.model, **{**self.hyperparameters(), **saved})
         backend = self.model.backend
-        self.lr = float(state["lr"])
-        self.state = {name: backend.asarray(v) for name, v in state["buffers"].items()}
+        self.state = {name: backend.asarray(v, copy=True) for name, v in state["buffers"].items()}
 
 
 class SGD(Optimizer):
@@ -85,9 +95,9 @@ class SGD(Optimizer):
         velocity += g
         param -= lr * (g + self.momentum * velocity)
 
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "momentum": self.momentum,
-                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
@@ -134,11 +144,15 @@ class Adam(Optimizer):
     def count_step(self) -> None:
         self.steps += 1
 
+    def hyperparameters(self) -> dict:
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay, "decoupled": self.decoupled}
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "steps": self.steps}
 
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
+    def load_state_dict(self, state: dict, hyperparameters: bool = True) -> None:
+        super().load_state_dict(state, hyperparameters)
         self.steps = int(state.get("steps", 0))
 
 

@@ -63,10 +63,9 @@ class Session:
             self.listener.message(f"optimizer changed from {saved['optimizer']} to "
                                   f"{self.cfg.optimizer}: its buffers start empty")
         if ck.optimizer_state is not None and not switched:
-            self.optimizer.load_state_dict(ck.optimizer_state)
-            # the buffers continue, the rate is the run's setting: the saved one unless
-            # `--resume DIR --lr X` changed it (a schedule sets it again every step anyway)
-            self.optimizer.lr = self.cfg.lr
+            # the buffers continue; the settings are the run's: the saved ones unless the
+            # command line changed them (`--resume DIR --lr X`)
+            self.optimizer.load_state_dict(ck.optimizer_state, hyperparameters=False)
         self.history, self.best = ck.metrics, ck.header.get("best")
         self.start = (ck.epoch, ck.step)
         if ck.step:
