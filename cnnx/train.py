@@ -6,6 +6,7 @@ resumed at (epoch, step) replays exactly the batches an uninterrupted run would 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from functools import partial
@@ -71,6 +72,8 @@ def prepare(model, x, y, name: str = "data"):
         raise ValueError(f"{name}: no examples")
     if not bool(backend.xp.isfinite(x).all()):
         raise ValueError(f"{name}: inputs contain NaN or inf")
+    if y.dtype.kind == "f" and not bool(backend.xp.isfinite(y).all()):
+        raise ValueError(f"{name}: targets contain NaN or inf")
     if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
         raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
                          f"the model expects {model.input_shape}")
@@ -116,11 +119,15 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if getattr(optimizer, "model", model) is not model:
+        raise ValueError("fit: the optimizer updates another model's parameters; build it for "
+                         "this one, e.g. optim.SGD(model, lr=0.01)")
     x, y = prepare(model, x, y, "training data")
     loss.to(model.backend)
+    _check_targets(model, loss, x[:1], y, "training data")
     if validation is not None:
         validation = prepare(model, *validation, name="validation data")
-    _check_targets(model, loss, x[:1], y)
+        _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
     if cuda_graph:
@@ -206,15 +213,26 @@ def _run_epoch(model, loss, optimizer, train_one, data, slices, when, first_step
     }
 
 
-def _check_targets(model, loss, x_one, y):
-    """Check the targets against the model's output once (e.g. labels within the class count)."""
-    with config.finite_checks(True):
-        was_training = model.layers[0].training
-        model.eval()
-        out = model.forward(x_one)
-        loss.forward(backend_repeat(model.backend, out, y.shape[0]), y)
+@contextlib.contextmanager
+def eval_mode(model):
+    """The block runs with ``model`` in eval mode; afterwards it is back in the mode it was in."""
+    was_training = model.layers[0].training
+    model.eval()
+    try:
+        yield model
+    finally:
         if was_training:
             model.train()
+
+
+def _check_targets(model, loss, x_one, y, name: str):
+    """Check the targets against the model's output once (e.g. labels within the class count)."""
+    with config.finite_checks(True), eval_mode(model):
+        out = model.forward(x_one)
+        try:
+            loss.forward(backend_repeat(model.backend, out, y.shape[0]), y)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
 
 
 def backend_repeat(backend, row, n):
@@ -225,13 +243,12 @@ def backend_repeat(backend, row, n):
 def predict(model, x, batch_size: int = 256):
     """Model outputs for every example, in eval mode, as one device array."""
     x = model.backend.asarray(x, dtype=model.dtype)
-    model.eval()
     outs = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start:start + batch_size]
-        with model.backend.work_scope(forward_size(model, xb)):
-            outs.append(model.forward(xb))
-    model.train()
+    with eval_mode(model):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            with model.backend.work_scope(forward_size(model, xb)):
+                outs.append(model.forward(xb))
     return model.backend.xp.concatenate(outs, axis=0)
 
 
@@ -241,10 +258,10 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     backend = model.backend
     x, y = prepare(model, x, y, "evaluation data")
     loss.to(backend)
+    _check_targets(model, loss, x[:1], y, "evaluation data")  # the loop skips the loss's checks
     total_loss = total_correct = 0
     predictions = []
-    model.eval()
-    with config.finite_checks(False):
+    with config.finite_checks(False), eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             xb, yb = x[start:start + batch_size], y[start:start + batch_size]
             with backend.work_scope(forward_size(model, xb)):
@@ -254,7 +271,6 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
             total_correct = None if correct is None else total_correct + correct
             if isinstance(loss, SoftmaxCrossEntropy):
                 predictions.append(logits.argmax(axis=1))
-    model.train()
     n = x.shape[0]
     return {
         "loss": backend.scalar(total_loss) / n,

@@ -250,3 +250,80 @@ def test_fit_checks_the_loss_at_the_end_of_every_epoch(backend, monkeypatch):
     fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model, lr=0.1), rng.random((20, 1, 2, 2)),
         rng.integers(0, 2, 20), epochs=2, batch_size=8)
     assert checked == [2, 2]  # the third (last) step of each epoch
+
+
+def _dense_model(backend, dropout=False):
+    stack = ([layers.Dropout(0.5)] if dropout else []) + [layers.Dense(4, 3)]
+    return Sequential(stack, input_shape=(4,), seed=0).to(backend)
+
+
+@pytest.mark.parametrize("where", ["evaluate", "validation"])
+@pytest.mark.parametrize("labels, message", [
+    ([0, -1], r"labels must lie in \[0, 3\), got values from -1 to 0"),
+    ([0, 3], r"labels must lie in \[0, 3\), got values from 0 to 3"),
+])
+def test_labels_out_of_range_are_refused_in_evaluation_and_validation_too(backend, where, labels,
+                                                                          message):
+    model, x = _dense_model(backend), np.ones((2, 4), np.float32)
+    loss = losses.SoftmaxCrossEntropy()
+    if where == "evaluate":
+        with pytest.raises(ValueError, match="evaluation data: SoftmaxCrossEntropy: " + message):
+            train.evaluate(model, loss, x, np.array(labels))
+    else:
+        with pytest.raises(ValueError, match="validation data: SoftmaxCrossEntropy: " + message):
+            fit(model, loss, optim.SGD(model), x, np.array([0, 1]),
+                validation=(x, np.array(labels)))
+
+
+@pytest.mark.parametrize("loss", [losses.MSE(), losses.BinaryCrossEntropy(),
+                                  losses.SoftmaxCrossEntropy()])
+def test_nan_targets_are_refused(backend, loss):
+    model, x = _dense_model(backend), np.ones((2, 4), np.float32)
+    target = np.array([[0.0, np.nan, 1.0], [1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="training data: targets contain NaN or inf"):
+        fit(model, loss, optim.SGD(model), x, target)
+
+
+@pytest.mark.parametrize("run", ["predict", "evaluate"])
+@pytest.mark.parametrize("training", [True, False])
+def test_predict_and_evaluate_leave_the_model_in_its_mode(backend, run, training):
+    model, x = _dense_model(backend, dropout=True), np.ones((2, 4), np.float32)
+    model.train() if training else model.eval()
+    if run == "predict":
+        train.predict(model, x)
+    else:
+        train.evaluate(model, losses.SoftmaxCrossEntropy(), x, np.array([0, 1]))
+    assert [layer.training for layer in model.layers] == [training, training]
+
+
+def test_fit_refuses_an_optimizer_of_another_model(backend):
+    model, other = _dense_model(backend), _dense_model(backend)
+    with pytest.raises(ValueError, match="fit: the optimizer updates another model's parameters"):
+        fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(other), np.ones((2, 4), np.float32),
+            np.array([0, 1]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: optim.SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True),
+    lambda m: optim.Adam(m, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1,
+                         decoupled=True),
+])
+def test_an_optimizer_loaded_from_a_state_goes_on_as_the_one_saved(backend, make):
+    """load_state_dict takes the settings with the buffers (an optimizer built with the defaults
+    would ignore momentum buffers or scale Adam's steps otherwise); the two then step alike."""
+    x, y = np.random.default_rng(0).random((8, 4), dtype=np.float32), np.arange(8) % 3
+    first = _dense_model(backend)
+    saved = make(first)
+    fit(first, losses.SoftmaxCrossEntropy(), saved, x, y, batch_size=4)
+    second = Sequential([layers.Dense(4, 3)], input_shape=(4,)).to(backend)
+    second.load_state_dict(first.state_dict())
+    loaded = type(saved)(second)
+    loaded.load_state_dict(saved.state_dict())
+    assert loaded.hyperparameters() == saved.hyperparameters()
+    for model, optimizer in ((first, saved), (second, loaded)):
+        fit(model, losses.SoftmaxCrossEntropy(), optimizer, x, y, batch_size=4)
+    for name, value in first.state_dict().items():
+        np.testing.assert_array_equal(second.state_dict()[name], value)
+    kept = type(saved)(second, lr=0.5)  # cnnx train --resume: the run's settings, saved buffers
+    kept.load_state_dict(saved.state_dict(), hyperparameters=False)
+    assert kept.lr == 0.5 and kept.state.keys() == saved.state.keys()
