@@ -17,6 +17,7 @@ restored bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -179,12 +180,15 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
             raise ValueError(f"--dtype {options['dtype']}: this run trains in {ck.dtype} and a "
                              f"resumed run keeps its dtype; start a new run for {options['dtype']}")
         base = {k: v for k, v in (ck.header.get("config") or {}).items() if k in fields}
+        _keep_the_training_set(options, base)
         if options.get("image_size", base.get("image_size")) != base.get("image_size"):
             raise ValueError(f"--image-size: this run's model takes pictures of "
                              f"{ck.input_shape[1]},{ck.input_shape[2]} pixels and a resumed run "
                              "keeps its image size; start a new run for another")
     else:
         base = models.recipe(options.get("model", TrainConfig.model))
+    if "dataset" in options:  # saved as found now: a resume or evaluate elsewhere finds it too
+        options = {**options, "dataset": data.absolute_path(options["dataset"])}
     merged = {**base, **options}
     unknown = set(merged) - fields
     if unknown:
@@ -192,8 +196,30 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
     return TrainConfig(**merged).check()
 
 
+def _keep_the_training_set(options: dict, saved: dict) -> None:
+    """A resumed run trains on the examples it started with: a new --seed or --val-split would
+    draw another validation set, partly out of the examples trained on so far."""
+    def effective(key, config):
+        value = config.get(key)
+        return DEFAULT_VAL_SPLIT if key == "val_split" and value is None else value
+    for key, option in (("seed", "--seed"), ("val_split", "--val-split")):
+        if key in options and key in saved and effective(key, options) != effective(key, saved):
+            raise ValueError(f"{option} {options[key]:g}: this run's validation set was drawn "
+                             f"with {option} {effective(key, saved):g}, and a resumed run keeps its "
+                             f"training set; leave {option} out, or start a new run")
+
+
 def default_out() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    """A new, empty directory runs/<date>-<time>, made here: two runs started in the same
+    second get two (the second's name ends in -2), instead of writing into one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = Path("runs") / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)  # fails if another run made it first
+            return path
+        except FileExistsError:
+            continue
 
 
 def train(options: dict, out=None, device: str = "auto", resume: bool = False,
@@ -204,8 +230,19 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
     ``cuda_graph``: replay the training steps from a CUDA graph (how it runs, not what it
     computes, so it is not part of the saved config).
     """
-    listener = listener or Listener()
     out = Path(out) if out is not None else default_out()
+    # a directory made for this run (or found empty) is removed again if no checkpoint lands
+    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    try:
+        return _train_in(out, options, device, resume, listener or Listener(), cuda_graph)
+    except BaseException:
+        if created and not (out / "checkpoint.npz").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
+        raise
+
+
+def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Listener,
+              cuda_graph: bool) -> dict:
     ck = checkpoint.load(out / "checkpoint.npz") if resume else None
     if not resume and (out / "checkpoint.npz").exists():
         raise ValueError(f"{out} already holds a run: continue it with --resume {out} "
@@ -231,32 +268,26 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
                      f"validation{own} / {len(prep.test[1])} test images{held_out}; writing to "
                      f"{out}")
-    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     try:
-        try:
-            # A diverging run overflows long before its loss reads NaN: TrainingDiverged says
-            # so in one line, instead of NumPy's warnings from deep inside the layers.
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                session.run()
-        except TrainingDiverged as exc:
-            if (out / "checkpoint.npz").exists():
-                raise TrainingDiverged(f"{exc}; the last checkpoint, from before, is intact: "
-                                       f"cnnx train --resume {out} --lr <lower>") from None
-            raise
-        except OSError as exc:  # a full disk, a directory gone read-only: the run can go on later
-            if (out / "checkpoint.npz").exists():
-                error = OSError(f"{exc}; the last checkpoint is intact: once that is fixed, "
-                                f"continue with cnnx train --resume {out}")
-                error.errno = exc.errno
-                raise error from exc
-            raise
-        return session.finish()
-    except BaseException:
-        if created and not (out / "checkpoint.npz").exists():
-            shutil.rmtree(out, ignore_errors=True)  # nothing worth keeping: leave no trace
+        # A diverging run overflows long before its loss reads NaN: TrainingDiverged says so
+        # in one line, instead of NumPy's warnings from deep inside the layers.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            session.run()
+    except TrainingDiverged as exc:
+        if (out / "checkpoint.npz").exists():
+            raise TrainingDiverged(f"{exc}; the last checkpoint, from before, is intact: "
+                                   f"cnnx train --resume {out} --lr <lower>") from None
         raise
+    except OSError as exc:  # a full disk, a directory gone read-only: the run can go on later
+        if (out / "checkpoint.npz").exists():
+            error = OSError(f"{exc}; the last checkpoint is intact: once that is fixed, "
+                            f"continue with cnnx train --resume {out}")
+            error.errno = exc.errno
+            raise error from exc
+        raise
+    return session.finish()
 
 
 def make_optimizer(cfg: TrainConfig, model):

@@ -67,6 +67,7 @@ class Session:
             # command line changed them (`--resume DIR --lr X`)
             self.optimizer.load_state_dict(ck.optimizer_state, hyperparameters=False)
         self.history, self.best = ck.metrics, ck.header.get("best")
+        self._restore_best(ck)
         self.start = (ck.epoch, ck.step)
         if ck.step:
             expected = epoch_order(self.n, self.cfg.seed, ck.epoch)
@@ -155,10 +156,24 @@ class Session:
         the last ``patience`` epochs did not improve on the best validation loss before them."""
         return stop_early([r.get("val_loss") for r in self.history], self.cfg.patience)
 
+    def _restore_best(self, ck: checkpoint.Checkpoint) -> None:
+        """best.npz is written after the checkpoint that names it best: if that write failed
+        (a full disk), the checkpoint is the best one, so write it now; a best.npz gone
+        otherwise leaves the run with no best until an epoch improves."""
+        best_file = self.out / "best.npz"
+        if self.best is None or (best_file.exists() and _epoch_of(best_file) == self.best["epoch"]):
+            return
+        if (ck.epoch, ck.step) == (self.best["epoch"], 0):
+            checkpoint.atomic_write(best_file, lambda f: f.write(ck.path.read_bytes()))
+            return
+        self.listener.message(f"{best_file} is missing or older than epoch {self.best['epoch']}, "
+                              "the best so far: it is written again at the next better epoch")
+        self.best = None if not best_file.exists() else checkpoint.load(best_file).header.get("best")
+
     def _is_best(self, record: dict) -> bool:
         if self.best is None:
             return True
-        if record["val_accuracy"] is not None:
+        if record["val_accuracy"] is not None and self.best.get("val_accuracy") is not None:
             return record["val_accuracy"] > self.best["val_accuracy"]
         return record["train_loss"] < self.best["train_loss"]
 
@@ -223,3 +238,11 @@ def make_schedule(cfg):
         return SCHEDULES["step"](cfg.lr, step_epochs=max(1.0, cfg.epochs / 3),
                                  warmup_epochs=warmup)
     return SCHEDULES["constant"](cfg.lr, warmup_epochs=warmup)
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch a checkpoint file was saved at, None when it cannot be read."""
+    try:
+        return checkpoint.load(path).epoch
+    except checkpoint.CheckpointError:
+        return None

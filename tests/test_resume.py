@@ -13,7 +13,7 @@ import pytest
 
 import cnnx.train
 from cnnx import checkpoint
-from cli_helpers import final_state, invoke, run_cnnx, train_args
+from cli_helpers import final_state, invoke, one_line_error, run_cnnx, train_args
 from cli_fixtures import isolated, tiny  # noqa: F401 (pytest fixtures)
 
 
@@ -178,3 +178,44 @@ def test_resume_refuses_another_dtype(tiny, tmp_path):
             in result.stderr)
     assert (out / "checkpoint.npz").read_bytes() == before
     assert invoke("train", "--resume", out, "--epochs", 2, "--dtype", "float32").exit_code == 0
+
+
+def test_a_run_resumes_and_evaluates_its_own_dataset_from_any_directory(tiny, tmp_path,
+                                                                         monkeypatch):
+    """The dataset path is saved resolved: a relative one would name another file elsewhere."""
+    monkeypatch.chdir(tiny.parent)
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny.name, out, "--epochs", 1)).exit_code == 0
+    saved = json.loads((out / "result.json").read_text())["config"]["dataset"]
+    assert saved == str(tiny.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / tiny.name).write_text("not the dataset")
+    monkeypatch.chdir(elsewhere)
+    assert invoke("train", "--resume", out, "--epochs", 2, "--device", "cpu").exit_code == 0
+    assert invoke("evaluate", out, "--device", "cpu").exit_code == 0
+
+
+@pytest.mark.parametrize("option, value", [("--seed", 5), ("--val-split", 0.5), ("--val-split", 0)])
+def test_resume_refuses_a_seed_or_val_split_that_would_draw_another_validation_set(
+        tiny, tmp_path, option, value):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    assert (f"{option} {value}: this run's validation set was drawn with {option} "
+            f"{ {'--seed': 0, '--val-split': 0.2}[option]}, and a resumed run keeps its training "
+            "set") in one_line_error(invoke("train", "--resume", out, "--epochs", 2, option, value))
+    same = {"--seed": 0, "--val-split": 0.2}[option]
+    assert invoke("train", "--resume", out, "--epochs", 2, option, same,
+                  "--device", "cpu").exit_code == 0
+
+
+def test_a_best_npz_that_failed_to_be_written_is_written_on_resume(tiny, tmp_path):
+    """The checkpoint of epoch 1 names itself best, then best.npz's write fails (as on a full
+    disk): the resumed run writes it from the checkpoint instead of never again."""
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    (out / "best.npz").unlink()
+    result = invoke("train", "--resume", out, "--epochs", 2, "--lr", 1e-12, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    best = json.loads((out / "result.json").read_text())["best_epoch"]
+    assert checkpoint.load(out / "best.npz").epoch == best

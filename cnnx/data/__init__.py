@@ -20,6 +20,7 @@ from .synthetic import make_synthetic
 __all__ = [
     "Dataset", "DatasetNotFound", "KNOWN", "NAMES", "load_dataset", "val_split", "channel_stats",
     "standardize", "locate", "search_dirs", "class_names_for", "is_picture_directory",
+    "absolute_path",
 ]
 
 NAMES = ("fashion-mnist", "mnist", "cifar10", "synthetic")
@@ -91,6 +92,15 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
         return _from_dict(path.stem, formats.read_npz(path, splits), str(path))
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, a path to an .npz "
                      "or a directory of pictures in class folders")
+
+
+def absolute_path(name: str) -> str:
+    """``name`` as an absolute path when it names a file or directory here (what a run saves,
+    so that resuming or evaluating from another directory reads the same data), else as is
+    (a dataset's name, or a path that does not exist, for load_dataset to report)."""
+    if name in NAMES or not Path(name).expanduser().exists():
+        return name
+    return str(Path(name).expanduser().resolve())
 
 
 def is_picture_directory(name: str) -> bool:
