@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cnnx import gradcheck, layers, losses
+from cnnx import Sequential, gradcheck, layers, losses
 from conftest import tie_free
 
 TOL = 1e-7
@@ -133,6 +133,38 @@ def test_gradcheck_catches_a_wrong_gradient(backend):
     x = backend.asarray(np.random.default_rng(8).standard_normal((4, 3)))
     errors = gradcheck(layer, x)
     assert errors["b"] > 0.1 and errors["W"] <= TOL
+
+
+def _conv_then_batch_norm(backend):
+    """Conv2D then a training-mode BatchNorm2D: the conv bias shifts a whole channel, which
+    the normalisation subtracts again, so its exact gradient is 0 and central differences
+    give only rounding noise (~1e-10)."""
+    model = Sequential([layers.Conv2D(2, 3, 3, dtype="float64"),
+                        layers.BatchNorm2D(3, dtype="float64")]).to(backend)
+    return model, backend.asarray(np.random.default_rng(9).standard_normal((2, 2, 5, 5)))
+
+
+def test_gradcheck_accepts_a_zero_gradient_against_rounding_noise(backend):
+    model, x = _conv_then_batch_norm(backend)
+    errors = gradcheck(model, x)
+    assert errors["0.b"] == 0, errors  # was 1.0: noise relative to noise
+    _assert_small(errors)
+
+
+def test_gradcheck_catches_a_small_gradient_that_should_be_zero(backend):
+    # the noise floor that lets 0 match rounding noise must not let a real error through:
+    # a conv bias gradient of 1e-5 where the exact one is 0 fails
+    model, x = _conv_then_batch_norm(backend)
+    conv = model.layers[0]
+    original = conv.backward
+
+    def broken(dy):
+        dx = original(dy)
+        conv.grads["b"] = conv.grads["b"] + 1e-5
+        return dx
+    conv.backward = broken
+    errors = gradcheck(model, x)
+    assert errors["0.b"] > 0.1 and errors["0.W"] <= TOL, errors
 
 
 def test_gradcheck_refuses_float32(backend):
