@@ -26,6 +26,7 @@ own size, so a small but wrongly non-zero gradient fails.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 from .backends import make_rng
 from .losses import Loss
@@ -89,30 +90,54 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, se
     - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y).
     - A Loss object: J = target(x, y), gradient w.r.t. the predictions ``x``.
     ``max_elements`` checks a random subset of that many elements per array (for big models).
+    The buffers (running statistics, Dropout's call counter) end as they were; the gradients
+    (``.grads``) are those of the check.
     """
     rng = make_rng(seed)
-    if isinstance(target, Loss):
-        def objective():
-            return target.forward(x, y)
-        objective_scale = abs(float(objective()))
-        analytic = {"input": target.backward()}
-        arrays = {"input": x}
-    else:
-        _check_float64(target)
-        objective, analytic, objective_scale = _model_objective(target, x, y, loss, rng)
-        arrays = {"input": x, **_named_params(target)}
-    floor = noise_floor(objective_scale, eps)
-    errors = {}
-    for name, array in arrays.items():
-        indices = None
-        if max_elements is not None and array.size > max_elements:
-            indices = [int(i) for i in rng.choice(array.size, size=max_elements, replace=False)]
-        numeric = numeric_gradient(objective, array, eps, indices)
-        got = analytic[name]
-        if indices is not None:
-            got, numeric = got.reshape(-1)[indices], numeric.reshape(-1)[indices]
-        errors[name] = relative_error(got, numeric, floor)
+    layers = [] if isinstance(target, Loss) else getattr(target, "layers", [target])
+    with _buffers_restored(layers):
+        if isinstance(target, Loss):
+            def objective():
+                return target.forward(x, y)
+            objective_scale = abs(float(objective()))
+            analytic = {"input": target.backward()}
+            arrays = {"input": x}
+        else:
+            _check_float64(target)
+            objective, analytic, objective_scale = _model_objective(target, x, y, loss, rng)
+            arrays = {"input": x, **_named_params(target)}
+        floor = noise_floor(objective_scale, eps)
+        errors = {}
+        for name, array in arrays.items():
+            indices = None
+            if max_elements is not None and array.size > max_elements:
+                chosen = rng.choice(array.size, size=max_elements, replace=False)
+                indices = [int(i) for i in chosen]
+            numeric = numeric_gradient(objective, array, eps, indices)
+            got = analytic[name]
+            if indices is not None:
+                got, numeric = got.reshape(-1)[indices], numeric.reshape(-1)[indices]
+            errors[name] = relative_error(got, numeric, floor)
     return errors
+
+
+@contextmanager
+def _buffers_restored(layers):
+    """Saves a copy of every layer's buffers (batch norm's running statistics, Dropout's call
+    counter), which each forward pass in training mode moves; yields a function that puts the
+    saved values back, and puts them back on exit, so a check leaves the model as it was."""
+    saved = [{key: value.copy() for key, value in layer.buffers.items()} for layer in layers]
+
+    def restore():
+        for layer, buffers in zip(layers, saved):
+            current = layer.buffers
+            for key, value in buffers.items():
+                current[key][...] = value  # in place: the layer keeps its own arrays
+            layer.buffers = current  # what sets a buffer computed on read (Dropout's counter)
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 def _named_params(target) -> dict:

@@ -167,6 +167,29 @@ def test_gradcheck_catches_a_small_gradient_that_should_be_zero(backend):
     assert errors["0.b"] > 0.1 and errors["0.W"] <= TOL, errors
 
 
+def _batch_norm_and_dropout(backend):
+    """A model with both kinds of buffer: running statistics and Dropout's call counter."""
+    model = Sequential([layers.Conv2D(2, 3, 3, dtype="float64"),
+                        layers.BatchNorm2D(3, dtype="float64"), layers.Flatten(dtype="float64"),
+                        layers.Dropout(0.5, dtype="float64"),
+                        layers.Dense(27, 4, dtype="float64")], input_shape=(2, 5, 5)).to(backend)
+    rng = np.random.default_rng(10)
+    return model, backend.asarray(rng.standard_normal((4, 2, 5, 5))), rng.integers(0, 4, 4)
+
+
+def test_gradcheck_leaves_the_model_as_it_found_it(backend):
+    model, x, y = _batch_norm_and_dropout(backend)
+    model.forward(x)  # running statistics and a call count that are not the initial ones
+    before = model.state_dict()
+    running_mean = model.layers[1].buffers["running_mean"]
+    gradcheck(model, x, y, loss=losses.SoftmaxCrossEntropy(), max_elements=5)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert model.layers[1].buffers["running_mean"] is running_mean  # restored in place
+
+
 def test_gradcheck_refuses_float32(backend):
     with pytest.raises(ValueError, match="float64"):
         gradcheck(layers.Dense(2, 2).to(backend), backend.asarray(np.ones((1, 2), np.float32)))
