@@ -90,12 +90,13 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, se
     - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y).
     - A Loss object: J = target(x, y), gradient w.r.t. the predictions ``x``.
     ``max_elements`` checks a random subset of that many elements per array (for big models).
-    The buffers (running statistics, Dropout's call counter) end as they were; the gradients
-    (``.grads``) are those of the check.
+    Dropout stays in training mode with its masks held fixed: every forward pass starts from
+    the buffers as they were (running statistics, Dropout's call counter), and they end so;
+    the gradients (``.grads``) are those of the check.
     """
     rng = make_rng(seed)
     layers = [] if isinstance(target, Loss) else getattr(target, "layers", [target])
-    with _buffers_restored(layers):
+    with _buffers_restored(layers) as restore_buffers:
         if isinstance(target, Loss):
             def objective():
                 return target.forward(x, y)
@@ -104,7 +105,8 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, se
             arrays = {"input": x}
         else:
             _check_float64(target)
-            objective, analytic, objective_scale = _model_objective(target, x, y, loss, rng)
+            objective, analytic, objective_scale = _model_objective(target, x, y, loss, rng,
+                                                                    restore_buffers)
             arrays = {"input": x, **_named_params(target)}
         floor = noise_floor(objective_scale, eps)
         errors = {}
@@ -152,9 +154,11 @@ def _named_grads(target) -> dict:
     return dict(target.grads)
 
 
-def _model_objective(target, x, y, loss, rng):
+def _model_objective(target, x, y, loss, rng, restore_buffers):
     """J, its analytic gradients and its scale (for the noise floor) for a layer or
-    Sequential (see ``gradcheck``)."""
+    Sequential (see ``gradcheck``). Every forward pass starts from the saved buffers: Dropout
+    draws its k-th mask from its call counter k, so each pass, the analytic one included,
+    uses the same masks and J is one function of the weights."""
     out = target.forward(x)
     if loss is None:
         # a stream of its own: drawn from the caller's seed, u could equal x, and for layers
@@ -163,6 +167,7 @@ def _model_objective(target, x, y, loss, rng):
         weights = target.backend.asarray(u, dtype=out.dtype)
 
         def objective():
+            restore_buffers()
             return (target.forward(x) * weights).sum()
         # the size of the terms summed, not of the sum: they round, however much they cancel
         objective_scale = float(abs(out * weights).sum())
@@ -171,9 +176,11 @@ def _model_objective(target, x, y, loss, rng):
         loss.to(target.backend)  # as fit does: the model's backend, not the array type's
 
         def objective():
+            restore_buffers()
             return loss.forward(target.forward(x), y)
         objective_scale = abs(float(objective()))
         upstream = loss.backward()
+    restore_buffers()
     target.forward(x)
     dx = target.backward(upstream)
     analytic = {"input": dx.copy(), **{k: v.copy() for k, v in _named_grads(target).items()}}

@@ -177,6 +177,15 @@ def _batch_norm_and_dropout(backend):
     return model, backend.asarray(rng.standard_normal((4, 2, 5, 5))), rng.integers(0, 4, 4)
 
 
+def test_gradcheck_holds_dropout_masks_fixed(backend):
+    # each training-mode forward pass draws a new mask: unless every evaluation of J uses the
+    # same one, the differences compare two functions and the error is ~1 everywhere
+    x = backend.asarray(np.random.default_rng(11).standard_normal((3, 8)))
+    _assert_small(gradcheck(layers.Dropout(0.5, dtype="float64").to(backend), x))
+    model, x, y = _batch_norm_and_dropout(backend)
+    _assert_small(gradcheck(model, x, y, loss=losses.SoftmaxCrossEntropy()))
+
+
 def test_gradcheck_leaves_the_model_as_it_found_it(backend):
     model, x, y = _batch_norm_and_dropout(backend)
     model.forward(x)  # running statistics and a call count that are not the initial ones
