@@ -11,7 +11,10 @@ The error reported for an array of gradients g (analytic) and n (numeric) is
     max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|)
 
 i.e. the worst element, relative to the gradient's own scale, or 0 when both arrays lie
-within the noise floor, max(max_i |g_i|, max_i |n_i|) <= floor, where
+within the noise floor, max(max_i |g_i|, max_i |n_i|) <= floor (below). With ``max_elements``,
+i runs over the elements checked but max_i |g_i| over the whole array (g is known everywhere),
+so a subset that happens to hold only small gradients is measured on the array's scale, as a
+full check would measure it. The floor is
 
     floor = 100 · 2.2e-16 · S / ε        (2.2e-16: float64's machine epsilon)
 
@@ -45,8 +48,11 @@ def noise_floor(objective_scale: float, eps: float) -> float:
     return NOISE_FLOOR_ULPS * sys.float_info.epsilon * objective_scale / eps
 
 
-def relative_error(analytic, numeric, floor: float = 0.0) -> float:
-    scale = max(_max_abs(analytic), _max_abs(numeric))
+def relative_error(analytic, numeric, floor: float = 0.0, analytic_max: float = 0.0) -> float:
+    """max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|), or 0 when that scale is at most
+    ``floor``; ``analytic_max``: the largest |g_i| of the whole array when g and n are a
+    subset of it."""
+    scale = max(_max_abs(analytic), _max_abs(numeric), analytic_max)
     if scale <= floor:  # both are 0 up to finite-difference noise: they agree
         return 0.0
     return _max_abs(analytic - numeric) / scale
@@ -89,7 +95,8 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, se
       so dJ/dy = u exercises every output.
     - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y).
     - A Loss object: J = target(x, y), gradient w.r.t. the predictions ``x``.
-    ``max_elements`` checks a random subset of that many elements per array (for big models).
+    ``max_elements`` checks a random subset of that many elements per array (for big models),
+    relative to the largest analytic gradient of the whole array.
     Dropout stays in training mode with its masks held fixed: every forward pass starts from
     the buffers as they were (running statistics, Dropout's call counter), and they end so;
     the gradients (``.grads``) are those of the check.
@@ -117,9 +124,12 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, se
                 indices = [int(i) for i in chosen]
             numeric = numeric_gradient(objective, array, eps, indices)
             got = analytic[name]
+            # the whole array's scale: a subset of only small elements is judged as a full
+            # check would judge it, not by rounding noise relative to its own small values
+            analytic_max = _max_abs(got)
             if indices is not None:
                 got, numeric = got.reshape(-1)[indices], numeric.reshape(-1)[indices]
-            errors[name] = relative_error(got, numeric, floor)
+            errors[name] = relative_error(got, numeric, floor, analytic_max)
     return errors
 
 

@@ -167,6 +167,16 @@ def test_gradcheck_catches_a_small_gradient_that_should_be_zero(backend):
     assert errors["0.b"] > 0.1 and errors["0.W"] <= TOL, errors
 
 
+def test_gradcheck_measures_a_subset_on_the_whole_arrays_scale(backend):
+    # one input feature is large, the rest tiny, so all of W's gradient but one element is
+    # ~1e-6; a subset of those alone, measured on its own scale, read rounding noise as ~1e-6
+    layer = layers.Dense(40, 1, dtype="float64").to(backend)
+    x = np.random.default_rng(12).standard_normal((2, 40)) * 1e-6
+    x[:, 0] = [1.0, -2.0]
+    errors = gradcheck(layer, backend.asarray(x), max_elements=5)
+    _assert_small(errors)
+
+
 def _batch_norm_and_dropout(backend):
     """A model with both kinds of buffer: running statistics and Dropout's call counter."""
     model = Sequential([layers.Conv2D(2, 3, 3, dtype="float64"),
