@@ -8,24 +8,53 @@ is O(ε²), which is what lets a float64 check reach relative errors near 1e-10.
 
 The error reported for an array of gradients g (analytic) and n (numeric) is
 
-    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|, tiny)
+    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|)
 
-i.e. the worst element, relative to the gradient's own scale (so exact zeros, such as the
-non-maximal cells of a max-pool, do not divide by zero).
+i.e. the worst element, relative to the gradient's own scale, or 0 when both arrays lie
+within the noise floor, max(max_i |g_i|, max_i |n_i|) <= floor (below). With ``max_elements``,
+i runs over the elements checked but max_i |g_i| over the whole array (g is known everywhere),
+so a subset that happens to hold only small gradients is measured on the array's scale, as a
+full check would measure it. The floor is
+
+    floor = 100 · 2.2e-16 · S / ε        (2.2e-16: float64's machine epsilon)
+
+and S is the objective's scale: |J| for a loss, Σ |forward(x) ⊙ u| for the weighted sum
+(``gradcheck``). J is computed to about one rounding unit of S, so a difference quotient
+carries noise near 2.2e-16·S/ε even where the exact gradient is 0 (a conv bias before a batch
+norm cancels in the normalisation): without the floor, ~1e-17 against ~1e-10 of noise would
+be reported as an error of 1. Above the floor a gradient is still compared relative to its
+own size, so a small but wrongly non-zero gradient fails.
 """
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+
 from .backends import make_rng
 from .losses import Loss
+
+#: How many rounding units of the objective the noise floor allows (a few are observed).
+NOISE_FLOOR_ULPS = 100
 
 
 def _max_abs(a) -> float:
     return float(abs(a).max()) if a.size else 0.0
 
 
-def relative_error(analytic, numeric) -> float:
-    scale = max(_max_abs(analytic), _max_abs(numeric), 1e-300)
+def noise_floor(objective_scale: float, eps: float) -> float:
+    """The gradient size below which central differences of step ``eps`` cannot tell a value
+    from 0, for an objective computed to rounding error of ``objective_scale``."""
+    return NOISE_FLOOR_ULPS * sys.float_info.epsilon * objective_scale / eps
+
+
+def relative_error(analytic, numeric, floor: float = 0.0, analytic_max: float = 0.0) -> float:
+    """max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|), or 0 when that scale is at most
+    ``floor``; ``analytic_max``: the largest |g_i| of the whole array when g and n are a
+    subset of it."""
+    scale = max(_max_abs(analytic), _max_abs(numeric), analytic_max)
+    if scale <= floor:  # both are 0 up to finite-difference noise: they agree
+        return 0.0
     return _max_abs(analytic - numeric) / scale
 
 
@@ -57,36 +86,70 @@ def _check_float64(obj):
 
 def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = 1e-6, seed: int = 0,
               max_elements: int | None = None) -> dict:
-    """Compare analytic and numeric gradients; returns ``{"input": err, "<param>": err, ...}``.
+    """Compare analytic gradients g with central differences n (step ``eps``); returns
+    ``{"input": err, "<param>": err, ...}``, per array the relative error
+    max_i |g_i - n_i| / max(max_i |g_i|, max_i |n_i|), or 0 when g and n are both within the
+    noise floor 100·2.2e-16·S/ε of zero (S: the objective's scale; see the module docstring).
 
     - A layer (or a Sequential) without ``loss``: J = Σ forward(x) ⊙ u for a fixed random u,
       so dJ/dy = u exercises every output.
     - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y).
     - A Loss object: J = target(x, y), gradient w.r.t. the predictions ``x``.
-    ``max_elements`` checks a random subset of that many elements per array (for big models).
+    ``max_elements`` checks a random subset of that many elements per array (for big models),
+    relative to the largest analytic gradient of the whole array.
+    Dropout stays in training mode with its masks held fixed: every forward pass starts from
+    the buffers as they were (running statistics, Dropout's call counter), and they end so;
+    the gradients (``.grads``) are those of the check.
     """
     rng = make_rng(seed)
-    if isinstance(target, Loss):
-        def objective():
-            return target.forward(x, y)
-        objective()
-        analytic = {"input": target.backward()}
-        arrays = {"input": x}
-    else:
-        _check_float64(target)
-        objective, analytic = _model_objective(target, x, y, loss, rng)
-        arrays = {"input": x, **_named_params(target)}
-    errors = {}
-    for name, array in arrays.items():
-        indices = None
-        if max_elements is not None and array.size > max_elements:
-            indices = [int(i) for i in rng.choice(array.size, size=max_elements, replace=False)]
-        numeric = numeric_gradient(objective, array, eps, indices)
-        got = analytic[name]
-        if indices is not None:
-            got, numeric = got.reshape(-1)[indices], numeric.reshape(-1)[indices]
-        errors[name] = relative_error(got, numeric)
+    layers = [] if isinstance(target, Loss) else getattr(target, "layers", [target])
+    with _buffers_restored(layers) as restore_buffers:
+        if isinstance(target, Loss):
+            def objective():
+                return target.forward(x, y)
+            objective_scale = abs(float(objective()))
+            analytic = {"input": target.backward()}
+            arrays = {"input": x}
+        else:
+            _check_float64(target)
+            objective, analytic, objective_scale = _model_objective(target, x, y, loss, rng,
+                                                                    restore_buffers)
+            arrays = {"input": x, **_named_params(target)}
+        floor = noise_floor(objective_scale, eps)
+        errors = {}
+        for name, array in arrays.items():
+            indices = None
+            if max_elements is not None and array.size > max_elements:
+                chosen = rng.choice(array.size, size=max_elements, replace=False)
+                indices = [int(i) for i in chosen]
+            numeric = numeric_gradient(objective, array, eps, indices)
+            got = analytic[name]
+            # the whole array's scale: a subset of only small elements is judged as a full
+            # check would judge it, not by rounding noise relative to its own small values
+            analytic_max = _max_abs(got)
+            if indices is not None:
+                got, numeric = got.reshape(-1)[indices], numeric.reshape(-1)[indices]
+            errors[name] = relative_error(got, numeric, floor, analytic_max)
     return errors
+
+
+@contextmanager
+def _buffers_restored(layers):
+    """Saves a copy of every layer's buffers (batch norm's running statistics, Dropout's call
+    counter), which each forward pass in training mode moves; yields a function that puts the
+    saved values back, and puts them back on exit, so a check leaves the model as it was."""
+    saved = [{key: value.copy() for key, value in layer.buffers.items()} for layer in layers]
+
+    def restore():
+        for layer, buffers in zip(layers, saved):
+            current = layer.buffers
+            for key, value in buffers.items():
+                current[key][...] = value  # in place: the layer keeps its own arrays
+            layer.buffers = current  # what sets a buffer computed on read (Dropout's counter)
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 def _named_params(target) -> dict:
@@ -101,8 +164,11 @@ def _named_grads(target) -> dict:
     return dict(target.grads)
 
 
-def _model_objective(target, x, y, loss, rng):
-    """J and its analytic gradients for a layer or Sequential (see ``gradcheck``)."""
+def _model_objective(target, x, y, loss, rng, restore_buffers):
+    """J, its analytic gradients and its scale (for the noise floor) for a layer or
+    Sequential (see ``gradcheck``). Every forward pass starts from the saved buffers: Dropout
+    draws its k-th mask from its call counter k, so each pass, the analytic one included,
+    uses the same masks and J is one function of the weights."""
     out = target.forward(x)
     if loss is None:
         # a stream of its own: drawn from the caller's seed, u could equal x, and for layers
@@ -111,16 +177,21 @@ def _model_objective(target, x, y, loss, rng):
         weights = target.backend.asarray(u, dtype=out.dtype)
 
         def objective():
+            restore_buffers()
             return (target.forward(x) * weights).sum()
+        # the size of the terms summed, not of the sum: they round, however much they cancel
+        objective_scale = float(abs(out * weights).sum())
         upstream = weights
     else:
         loss.to(target.backend)  # as fit does: the model's backend, not the array type's
 
         def objective():
+            restore_buffers()
             return loss.forward(target.forward(x), y)
-        objective()
+        objective_scale = abs(float(objective()))
         upstream = loss.backward()
+    restore_buffers()
     target.forward(x)
     dx = target.backward(upstream)
     analytic = {"input": dx.copy(), **{k: v.copy() for k, v in _named_grads(target).items()}}
-    return objective, analytic
+    return objective, analytic, objective_scale

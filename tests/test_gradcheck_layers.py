@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cnnx import gradcheck, layers, losses
+from cnnx import Sequential, gradcheck, layers, losses
 from conftest import tie_free
 
 TOL = 1e-7
@@ -133,6 +133,80 @@ def test_gradcheck_catches_a_wrong_gradient(backend):
     x = backend.asarray(np.random.default_rng(8).standard_normal((4, 3)))
     errors = gradcheck(layer, x)
     assert errors["b"] > 0.1 and errors["W"] <= TOL
+
+
+def _conv_then_batch_norm(backend):
+    """Conv2D then a training-mode BatchNorm2D: the conv bias shifts a whole channel, which
+    the normalisation subtracts again, so its exact gradient is 0 and central differences
+    give only rounding noise (~1e-10)."""
+    model = Sequential([layers.Conv2D(2, 3, 3, dtype="float64"),
+                        layers.BatchNorm2D(3, dtype="float64")]).to(backend)
+    return model, backend.asarray(np.random.default_rng(9).standard_normal((2, 2, 5, 5)))
+
+
+def test_gradcheck_accepts_a_zero_gradient_against_rounding_noise(backend):
+    model, x = _conv_then_batch_norm(backend)
+    errors = gradcheck(model, x)
+    assert errors["0.b"] == 0, errors  # was 1.0: noise relative to noise
+    _assert_small(errors)
+
+
+def test_gradcheck_catches_a_small_gradient_that_should_be_zero(backend):
+    # the noise floor that lets 0 match rounding noise must not let a real error through:
+    # a conv bias gradient of 1e-5 where the exact one is 0 fails
+    model, x = _conv_then_batch_norm(backend)
+    conv = model.layers[0]
+    original = conv.backward
+
+    def broken(dy):
+        dx = original(dy)
+        conv.grads["b"] = conv.grads["b"] + 1e-5
+        return dx
+    conv.backward = broken
+    errors = gradcheck(model, x)
+    assert errors["0.b"] > 0.1 and errors["0.W"] <= TOL, errors
+
+
+def test_gradcheck_measures_a_subset_on_the_whole_arrays_scale(backend):
+    # one input feature is large, the rest tiny, so all of W's gradient but one element is
+    # ~1e-6; a subset of those alone, measured on its own scale, read rounding noise as ~1e-6
+    layer = layers.Dense(40, 1, dtype="float64").to(backend)
+    x = np.random.default_rng(12).standard_normal((2, 40)) * 1e-6
+    x[:, 0] = [1.0, -2.0]
+    errors = gradcheck(layer, backend.asarray(x), max_elements=5)
+    _assert_small(errors)
+
+
+def _batch_norm_and_dropout(backend):
+    """A model with both kinds of buffer: running statistics and Dropout's call counter."""
+    model = Sequential([layers.Conv2D(2, 3, 3, dtype="float64"),
+                        layers.BatchNorm2D(3, dtype="float64"), layers.Flatten(dtype="float64"),
+                        layers.Dropout(0.5, dtype="float64"),
+                        layers.Dense(27, 4, dtype="float64")], input_shape=(2, 5, 5)).to(backend)
+    rng = np.random.default_rng(10)
+    return model, backend.asarray(rng.standard_normal((4, 2, 5, 5))), rng.integers(0, 4, 4)
+
+
+def test_gradcheck_holds_dropout_masks_fixed(backend):
+    # each training-mode forward pass draws a new mask: unless every evaluation of J uses the
+    # same one, the differences compare two functions and the error is ~1 everywhere
+    x = backend.asarray(np.random.default_rng(11).standard_normal((3, 8)))
+    _assert_small(gradcheck(layers.Dropout(0.5, dtype="float64").to(backend), x))
+    model, x, y = _batch_norm_and_dropout(backend)
+    _assert_small(gradcheck(model, x, y, loss=losses.SoftmaxCrossEntropy()))
+
+
+def test_gradcheck_leaves_the_model_as_it_found_it(backend):
+    model, x, y = _batch_norm_and_dropout(backend)
+    model.forward(x)  # running statistics and a call count that are not the initial ones
+    before = model.state_dict()
+    running_mean = model.layers[1].buffers["running_mean"]
+    gradcheck(model, x, y, loss=losses.SoftmaxCrossEntropy(), max_elements=5)
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    assert model.layers[1].buffers["running_mean"] is running_mean  # restored in place
 
 
 def test_gradcheck_refuses_float32(backend):
