@@ -125,7 +125,7 @@ def cnnx():
                    "(optionally x_val, y_val), or a directory of pictures: "
                    "DIR/train/<class>/*.png and DIR/test/<class>/... (also .jpg, .bmp, .webp, "
                    ".tif; optionally DIR/val/<class>/), or DIR/<class>/ alone, of which "
-                   "20% of each class is held out for testing.")
+                   "about 20% of each class is held out for testing.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
               help="Directory holding the dataset files (searched first).")
 @click.option("--image-size", callback=_image_size, metavar="H,W",

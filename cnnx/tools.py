@@ -37,15 +37,31 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     (by default the dataset the checkpoint was trained on)."""
     model, ck = load_for_inference(path, device, log)
     saved = ck.header.get("config") or {}
-    name = dataset or saved.get("dataset") or "fashion-mnist"
-    # pictures are labelled by the model's classes and converted to its input, as in predict
-    like_the_model = {"classes": ck.header.get("class_names") or None,
-                      "channels": ck.input_shape[0], "image_size": ck.input_shape[1:]}
-    ds = data.load_dataset(name, data_dir or (None if dataset else saved.get("data_dir")),
-                           log=log, splits=("test",),
-                           **(like_the_model if data.is_picture_directory(name) else {}))
+    name = dataset or saved.get("dataset")
+    if name is None:
+        raise ValueError(f"{ck.path} does not say which dataset it was trained on (it was saved "
+                         "outside cnnx train): give the test set with --dataset")
+    # Pictures are labelled by the model's classes (by number, "0", "1", ..., when it has no
+    # names) and converted to its input, as in predict.
+    classes = ck.header.get("class_names") or [str(k) for k in range(model.shapes()[-1][0])]
+    like_the_model = {"classes": classes, "channels": ck.input_shape[0],
+                      "image_size": ck.input_shape[1:]}
+    try:
+        ds = data.load_dataset(name, data_dir or (None if dataset else saved.get("data_dir")),
+                               log=log, splits=("test",),
+                               **(like_the_model if data.is_picture_directory(name) else {}))
+    except (ValueError, data.DatasetNotFound) as exc:
+        if dataset:
+            raise
+        raise type(exc)(f"{exc} (the dataset {ck.path} was trained on; give another with "
+                        "--dataset)") from None
     if ds.input_shape != ck.input_shape:
         raise ValueError(f"{ck.path} expects images {ck.input_shape}, {ds.name} has {ds.input_shape}")
+    named = ck.header.get("class_names")
+    if named and ds.class_names and list(ds.class_names) != list(named):
+        raise ValueError(f"{ds.name}'s classes ({_first_few(ds.class_names)}) are not "
+                         f"{ck.path}'s ({_first_few(named)}): its labels would be scored against "
+                         "other classes' outputs")
     out = evaluate(model, SoftmaxCrossEntropy(), preprocess(ck, ds.x_test), ds.y_test, batch_size)
     classes = max(model.shapes()[-1][0], ds.num_classes)
     matrix = report.confusion_matrix(ds.y_test, out["predictions"], classes)
@@ -54,6 +70,10 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
             "device": model.backend.name, "images": int(len(ds.y_test)), "accuracy": out["accuracy"], "loss": out["loss"],
             "per_class_accuracy": report.per_class_accuracy(matrix), "class_names": list(names),
             "confusion_matrix": matrix.tolist()}
+
+
+def _first_few(names, shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 # ------------------------------------------------------------------------------ predict

@@ -100,6 +100,49 @@ def test_evaluate_on_a_test_set_alone(run_dir, tiny, tmp_path):
     assert report["images"] == 50 and np.array(report["confusion_matrix"]).sum() == 50
 
 
+def test_evaluate_refuses_a_test_set_of_other_classes(run_dir, tiny, tmp_path):
+    """Labels are scored by index: a dataset naming its classes otherwise (or in another
+    order) would be scored against the wrong outputs."""
+    out, _ = run_dir
+    with np.load(tiny) as d:
+        names = [str(name) for name in d["class_names"]]
+        np.savez(tmp_path / "swapped.npz", x_test=d["x_test"], y_test=d["y_test"],
+                 class_names=np.array(names[::-1]))
+    error = one_line_error(invoke("evaluate", out, "--dataset", tmp_path / "swapped.npz"))
+    assert error.startswith(f"Error: swapped's classes ({', '.join(names[::-1][:4])}, ...) are "
+                            f"not {out / 'checkpoint.npz'}'s ({', '.join(names[:4])}, ...)")
+
+
+def test_evaluate_needs_a_dataset_for_a_checkpoint_saved_outside_cnnx_train(run_dir, tmp_path):
+    out, _ = run_dir
+    model = cnnx.checkpoint.load(out / "checkpoint.npz").build_model()
+    cnnx.checkpoint.save(tmp_path / "lib.npz", model)
+    assert ("lib.npz does not say which dataset it was trained on (it was saved outside cnnx "
+            "train): give the test set with --dataset") in one_line_error(
+        invoke("evaluate", tmp_path / "lib.npz"))
+
+
+def test_evaluate_labels_folders_by_number_for_a_checkpoint_without_class_names(run_dir, tiny,
+                                                                               tmp_path):
+    """Folders 1/ and 3/ are classes 1 and 3 of a model that knows no names, not 0 and 1."""
+    Image = pytest.importorskip("PIL.Image")
+    out, _ = run_dir
+    model = cnnx.checkpoint.load(out / "checkpoint.npz").build_model()
+    cnnx.checkpoint.save(tmp_path / "nameless.npz", model, config={"dataset": "unused"})
+    with np.load(tiny) as d:
+        for i, (x, y) in enumerate(zip(d["x_test"], d["y_test"])):
+            if y in (1, 3):
+                path = tmp_path / "pics" / "test" / str(y) / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((x[0] * 255).round().astype(np.uint8)).save(path)
+        wanted = int(np.isin(d["y_test"], (1, 3)).sum())
+    report = json.loads(invoke("evaluate", tmp_path / "nameless.npz", "--dataset",
+                               tmp_path / "pics", "--json").stdout)
+    matrix = np.array(report["confusion_matrix"])
+    assert report["images"] == wanted and matrix[[1, 3]].sum() == wanted
+    assert "(the dataset" in one_line_error(invoke("evaluate", tmp_path / "nameless.npz"))
+
+
 def test_predict_npy_and_png(run_dir, tiny, tmp_path):
     out, _ = run_dir
     with np.load(tiny) as d:

@@ -6,9 +6,9 @@ predict``, or a dataset kept as folders, one per class, the way people collect t
     ROOT/test/<class name>/...
 
 or, with no train/ or test/ around them, ``ROOT/<class name>/...`` alone: then the test set is
-a fixed share (TEST_SHARE) of each class folder, a picture's place decided by a hash of its
-path inside the class folder (``held_out_for_test``), so that it never changes when pictures
-are added or removed and ``cnnx evaluate`` reads the same test set that training left out.
+about a fixed share (TEST_SHARE) of each class folder, a picture's place decided by a hash of
+its path (``held_out_for_test``), so that it never changes when pictures are added or removed
+and ``cnnx evaluate`` reads the same test set that training left out.
 
 Labels number the classes in the sorted order of train/'s folder names (as torchvision's
 ImageFolder does), so the same folders always give the same labels. val/ and test/ may lack a
@@ -24,7 +24,7 @@ skipped.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +37,7 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit g
 LAYOUT = ("ROOT/train/<class>/ and ROOT/test/<class>/ (and optionally ROOT/val/<class>/), or "
           "ROOT/<class>/ alone, with the pictures of each class in its folder")
 TEST_SHARE = 0.2  # of each class folder, in a directory of class folders without train/, test/
-HELD_OUT_TEST = f"{TEST_SHARE:.0%} of each class folder, chosen by file name"  # for messages
+HELD_OUT_TEST = f"about {TEST_SHARE:.0%} of each class folder, picked by file path"  # for messages
 OTHER_VAL_NAMES = ("valid", "validation", "dev")  # what people also call val/: asked to rename
 
 
@@ -136,12 +136,13 @@ def folder_name(class_name: str) -> str:
     return class_name.replace("/", "_")
 
 
-def held_out_for_test(path_in_class: str) -> bool:
+def held_out_for_test(path: str) -> bool:
     """Whether a picture of a directory of class folders alone belongs to its test set: a
-    pseudo-random draw with probability TEST_SHARE, fixed by the picture's path inside its
-    class folder ("2024/IMG_001.jpg"), so no picture ever moves between train and test as
-    others come and go, and renaming a class folder moves none."""
-    digest = hashlib.sha256(path_in_class.encode("utf-8")).digest()
+    pseudo-random draw with probability TEST_SHARE, fixed by the picture's path in the
+    directory ("cat/2024/IMG_001.jpg"), so no picture ever moves between train and test as
+    others come and go. (The class folder is part of it: classes whose files share names,
+    0.png, 1.png, ..., draw apart, and the share of the whole is near TEST_SHARE.)"""
+    digest = hashlib.sha256(path.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2**64
 
 
@@ -157,17 +158,17 @@ def _split_class_folders(root: Path, label_of: dict, splits) -> dict:
     alone: each picture goes to test when ``held_out_for_test`` says, else to train."""
     files = {"train": [], "test": []}
     for path, label in _labelled_files(root, label_of):
-        in_class = PurePosixPath(*path.relative_to(root).parts[1:]).as_posix()
-        files["test" if held_out_for_test(in_class) else "train"].append((path, label))
+        in_root = path.relative_to(root).as_posix()  # "/" on every system: the same draw
+        files["test" if held_out_for_test(in_root) else "train"].append((path, label))
     if "train" in splits:
         trained = {label for _, label in files["train"]}
         for name in (name for name, label in label_of.items() if label not in trained):
             raise ValueError(f"{root / name}: every picture of this class fell into the "
-                             f"{TEST_SHARE:.0%} held out for testing; give it more pictures, "
+                             f"~{TEST_SHARE:.0%} held out for testing; give it more pictures, "
                              "or make train/ and test/ folders")
     if "test" in splits and not files["test"]:
         raise ValueError(f"{root}: none of its {len(files['train'])} pictures fell into the "
-                         f"{TEST_SHARE:.0%} held out for testing; add pictures, or make "
+                         f"~{TEST_SHARE:.0%} held out for testing; add pictures, or make "
                          "train/ and test/ folders")
     return {split: files[split] for split in splits}
 
