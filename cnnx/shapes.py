@@ -30,6 +30,14 @@ def pair(value, name: str, layer: str) -> tuple[int, int]:
     raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
 
 
+def positive_int(value, name: str, layer: str) -> int:
+    """``value`` as a Python int when it is a positive integer (a count of channels or
+    features); anything else, 2.7 included, is refused by name rather than truncated."""
+    if not (is_int(value) and value > 0):
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def output_size(n: int, f: int, s: int, p_before: int, p_after: int, layer: str = "layer") -> int:
     """Output length along one axis (seed 000 §1.4.6, with per-side padding).
 

@@ -65,11 +65,24 @@ def test_backward_before_forward():
     (lambda: layers.Conv2D(1, 1, 3, padding=-1), "Conv2D: padding must be >= 0"),
     (lambda: layers.Conv2D(1, 1, 3, activation="gelu"), "Conv2D: activation must be None or 'relu'"),
     (lambda: layers.MaxPool2D(2, padding=2), "MaxPool2D: padding must be between 0 and half the kernel"),
-    (lambda: layers.Dense(0, 3), "Dense: feature counts must be positive"),
+    (lambda: layers.Dense(0, 3), "Dense: in_features must be a positive integer, got 0"),
     (lambda: layers.Dense(2, 3, dtype="float16"), "Dense: dtype must be one of"),
 ])
 def test_bad_construction(make, message):
     with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: layers.Conv2D(2.7, 1, 3), "Conv2D: in_channels must be a positive integer, got 2.7"),
+    (lambda: layers.Conv2D(1, "4", 3), "Conv2D: out_channels must be a positive integer, got '4'"),
+    (lambda: layers.Dense(2.5, 3), "Dense: in_features must be a positive integer, got 2.5"),
+    (lambda: layers.Dense(4, True), "Dense: out_features must be a positive integer, got True"),
+    (lambda: layers.BatchNorm2D(3.0), "BatchNorm2D: num_features must be a positive integer, got 3.0"),
+    (lambda: layers.BatchNorm1D(-2), "BatchNorm1D: num_features must be a positive integer, got -2"),
+])
+def test_counts_must_be_positive_integers_not_truncated(make, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         make()
 
 

@@ -60,8 +60,11 @@ def test_pair_takes_numpy_integers_and_still_refuses_bools_and_floats():
 
 
 def test_layers_take_numpy_integer_sizes():
-    conv = layers.Conv2D(1, 1, np.int64(3), stride=np.int64(2), padding=(np.int64(1), 0))
+    conv = layers.Conv2D(np.int64(1), np.int32(2), np.int64(3), stride=np.int64(2),
+                         padding=(np.int64(1), 0))
     pool = layers.MaxPool2D(np.int32(2), stride=np.int64(1), padding=np.int64(1))
-    assert conv.config() == layers.Conv2D(1, 1, 3, stride=2, padding=(1, 0)).config()
+    dense = layers.Dense(np.int64(4), np.uint8(2))
+    assert conv.config() == layers.Conv2D(1, 2, 3, stride=2, padding=(1, 0)).config()
     assert pool.config() == layers.MaxPool2D(2, stride=1, padding=1).config()
-    json.dumps([conv.config(), pool.config()])
+    assert dense.config() == layers.Dense(4, 2).config()
+    json.dumps([conv.config(), pool.config(), dense.config()])

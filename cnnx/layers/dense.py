@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backends import make_rng
+from ..shapes import positive_int
 from .base import Layer
 from .conv import ACTIVATIONS
 
@@ -19,10 +20,8 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, activation=None, init=None, seed=0,
                  dtype="float32"):
         super().__init__(dtype)
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        if self.in_features <= 0 or self.out_features <= 0:
-            raise ValueError(f"{self.name}: feature counts must be positive, "
-                             f"got ({in_features}, {out_features})")
+        self.in_features = positive_int(in_features, "in_features", self.name)
+        self.out_features = positive_int(out_features, "out_features", self.name)
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.name}: activation must be None or 'relu', got {activation!r}")
         self.activation = activation

@@ -5,6 +5,7 @@ Not in the seeds; derived here in the same notation (docs/math.md, "Batch normal
 
 from __future__ import annotations
 
+from ..shapes import positive_int
 from .base import Layer
 from .conv import ACTIVATIONS
 
@@ -26,9 +27,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=None, dtype="float32"):
         super().__init__(dtype)
-        self.num_features = int(num_features)
-        if self.num_features <= 0:
-            raise ValueError(f"{self.name}: num_features must be positive, got {num_features}")
+        self.num_features = positive_int(num_features, "num_features", self.name)
         if not 0 <= momentum <= 1 or eps <= 0:
             raise ValueError(f"{self.name}: need 0 <= momentum <= 1 and eps > 0, "
                              f"got momentum={momentum}, eps={eps}")
