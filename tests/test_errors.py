@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,15 @@ def test_shape_errors_name_the_layer(backend, layer, shape, message):
 def test_dtype_mismatch(backend):
     with pytest.raises(ValueError, match="Conv2D: expected dtype float32, got float64"):
         layers.Conv2D(1, 1, 3).to(backend).forward(_x(backend, (1, 1, 4, 4), "float64"))
+
+
+@pytest.mark.parametrize("dtype, fix", [
+    ("float64", "convert the input with x.astype('float32') or build the layer with dtype='float64'"),
+    ("int64", "convert the input with x.astype('float32')"),  # no layer is int64
+])
+def test_dtype_mismatch_says_how_to_fix_it(backend, dtype, fix):
+    with pytest.raises(ValueError, match=rf"^Conv2D: expected dtype float32, got {dtype}; {re.escape(fix)}$"):
+        layers.Conv2D(1, 1, 3).to(backend).forward(_x(backend, (1, 1, 4, 4), dtype))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -120,10 +120,11 @@ class Layer:
                 f"got {x.shape[1]} in shape {tuple(x.shape)}"
             )
         if x.dtype != self.dtype:  # str(x.dtype) costs 2 µs a call, 30x this comparison
-            raise ValueError(
-                f"{self.name}: expected dtype {self.dtype}, got {x.dtype}; "
-                f"cast the input or build the layer with dtype={str(x.dtype)!r}"
-            )
+            got = str(x.dtype)
+            # a layer can be rebuilt in float64, say, but not in int64
+            rebuild = f" or build the layer with dtype={got!r}" if got in DTYPES else ""
+            raise ValueError(f"{self.name}: expected dtype {self.dtype}, got {got}; "
+                             f"convert the input with x.astype({self.dtype!r}){rebuild}")
         if config.check_finite and not bool(self.xp.isfinite(x).all()):
             raise ValueError(f"{self.name}: input contains NaN or inf")
 
