@@ -65,9 +65,51 @@ def test_loss_shape_mismatches(backend):
         losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
 
-def test_backward_before_forward():
-    with pytest.raises(ValueError, match="MaxPool2D: backward called before forward"):
-        layers.MaxPool2D(2).backward(np.zeros((1, 1, 1, 1)))
+#: one small instance of every layer type (float64) and an input shape it takes
+EVERY_LAYER = {
+    "Conv2D": (lambda: layers.Conv2D(2, 3, 3, dtype="float64"), (2, 2, 5, 5)),
+    "MaxPool2D": (lambda: layers.MaxPool2D(2, dtype="float64"), (2, 2, 4, 4)),
+    "AvgPool2D": (lambda: layers.AvgPool2D(2, dtype="float64"), (2, 2, 4, 4)),
+    "GlobalAvgPool2D": (lambda: layers.GlobalAvgPool2D(dtype="float64"), (2, 2, 4, 4)),
+    "Flatten": (lambda: layers.Flatten(dtype="float64"), (2, 2, 4, 4)),
+    "Dense": (lambda: layers.Dense(4, 2, dtype="float64"), (3, 4)),
+    "ReLU": (lambda: layers.ReLU(dtype="float64"), (3, 4)),
+    "Sigmoid": (lambda: layers.Sigmoid(dtype="float64"), (3, 4)),
+    "Tanh": (lambda: layers.Tanh(dtype="float64"), (3, 4)),
+    "Softmax": (lambda: layers.Softmax(dtype="float64"), (3, 4)),
+    "Identity": (lambda: layers.Identity(dtype="float64"), (3, 4)),
+    "BatchNorm2D": (lambda: layers.BatchNorm2D(2, dtype="float64"), (2, 2, 3, 3)),
+    "BatchNorm1D": (lambda: layers.BatchNorm1D(4, dtype="float64"), (3, 4)),
+    "Dropout": (lambda: layers.Dropout(0.5, dtype="float64"), (3, 4)),
+}
+
+
+def test_every_layer_type_is_in_the_backward_checks():
+    assert set(EVERY_LAYER) == set(layers.LAYER_TYPES)
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_LAYER))
+def test_backward_before_forward(kind):
+    make, shape = EVERY_LAYER[kind]
+    with pytest.raises(ValueError, match=f"^{kind}: backward called before forward$"):
+        make().backward(np.zeros(shape))
+
+
+@pytest.mark.parametrize("method", ["backward", "backward_params"])
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+@pytest.mark.parametrize("kind", sorted(EVERY_LAYER))
+def test_backward_checks_dy_against_the_forward_output(backend, kind, bad, method):
+    make, shape = EVERY_LAYER[kind]
+    layer = make().to(backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(np.random.default_rng(0).random(shape))))
+    if bad == "shape":  # one example too many
+        dy, got, fix = np.ones((y.shape[0] + 1, *y.shape[1:])), "float64", "pass dL/d(output)"
+    else:
+        dy, got, fix = np.ones(y.shape, np.float32), "float32", "convert it with dy.astype('float64')"
+    expected = re.escape(f"{kind}: backward expected dy of shape {y.shape} and dtype float64 "
+                         f"(forward's output), got shape {dy.shape} and dtype {got}; {fix}")
+    with pytest.raises(ValueError, match=f"^{expected}"):
+        getattr(layer, method)(backend.asarray(dy, dy.dtype))
 
 
 @pytest.mark.parametrize("make, message", [

@@ -76,7 +76,7 @@ class Conv2D(Layer):
         self.window.out_hw(x.shape[2], x.shape[3], self.name)
         y, self._cache = self.backend.conv2d_forward(x, self.params["W"], self.params["b"],
                                                      self.window, self.activation == "relu")
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """Seed 000 §2.2 / seed 002, in im2col form (seed 004), with δ = dL/dZ:
@@ -89,13 +89,13 @@ class Conv2D(Layer):
         The last line is seed 002's "conv(padded dZ, 180°-rotated K)" written as a gather.
         The backend computes these (``Backend.conv2d_backward``).
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         dx, self.grads["W"], self.grads["b"] = self.backend.conv2d_backward(
             dy, self._cache, self.params["W"], self.window, self.activation == "relu")
         return dx
 
     def backward_params(self, dy):
         """dL/dW and dL/db only: skips the dL/dX product and its col2im."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         self.grads["W"], self.grads["b"] = self.backend.conv2d_backward_params(
             dy, self._cache, self.params["W"], self.window, self.activation == "relu")

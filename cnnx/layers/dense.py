@@ -45,7 +45,7 @@ class Dense(Layer):
         z = self.backend.matmul(x, self.params["W"].T)
         y = self.backend.bias_activation(z, self.params["b"], self.activation == "relu")
         self._cache = (x, y)
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """With δ = dL/dZ (= dL/dY ⊙ 1[Z > 0] when ReLU is fused), seed 000 §1.3.2 per batch:
@@ -54,7 +54,7 @@ class Dense(Layer):
             dL/db = Σ_n δ[n]
             dL/dx = δ W        (seed 001 eq. 7)
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         x, y = self._cache
         delta = self.backend.relu_backward(dy, y) if self.activation == "relu" else dy
         self.grads["W"] = self.backend.matmul(delta.T, x)

@@ -70,7 +70,7 @@ class _BatchNorm(Layer):
             running_mean += m * mean
             running_var *= 1 - m
             running_var += m * var * (count / (count - 1))
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """With δ = dy (or dy ⊙ 1[y > 0] when the ReLU is fused), m values per channel and sums
@@ -82,7 +82,7 @@ class _BatchNorm(Layer):
 
         The training form accounts for μ and σ² depending on every x of the batch.
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         dx, dgamma, dbeta = self.backend.batch_norm_backward(dy, self._cache,
                                                              self.params["gamma"])
         self.grads = {"gamma": dgamma, "beta": dbeta}
