@@ -139,6 +139,20 @@ def test_counts_must_be_positive_integers_not_truncated(make, message):
         make()
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: layers.BatchNorm2D(3, momentum=None), "BatchNorm2D: momentum must be a number in [0, 1], got None"),
+    (lambda: layers.BatchNorm1D(3, momentum="0.1"), "BatchNorm1D: momentum must be a number in [0, 1], got '0.1'"),
+    (lambda: layers.BatchNorm2D(3, momentum=1.5), "BatchNorm2D: momentum must be a number in [0, 1], got 1.5"),
+    (lambda: layers.BatchNorm2D(3, eps=None), "BatchNorm2D: eps must be a positive finite number, got None"),
+    (lambda: layers.BatchNorm2D(3, eps=float("nan")), "BatchNorm2D: eps must be a positive finite number, got nan"),
+    (lambda: layers.BatchNorm2D(3, eps=0), "BatchNorm2D: eps must be a positive finite number, got 0"),
+    (lambda: layers.Dropout(None), "Dropout: p must be a number in [0, 1), got None"),
+])
+def test_hyperparameters_must_be_numbers_in_range(make, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make()
+
+
 def test_model_shape_mismatch_is_found_at_construction():
     with pytest.raises(ValueError, match=r"layer 2 \(Dense: expected input \(100,\), got \(1568,\)"):
         Sequential([layers.Conv2D(1, 8, 3, padding=1), layers.Flatten(), layers.Dense(100, 10)],

@@ -11,11 +11,17 @@ with ``check_input(x)``, ``backward`` with ``check_grad(dy)`` against the output
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import config
 from ..backends import Backend, get_backend
 
 DTYPES = ("float32", "float64")
+
+
+def is_number(value) -> bool:
+    """True for a real number, Python's or NumPy's, but not for a bool or None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Layer:

@@ -5,8 +5,10 @@ Not in the seeds; derived here in the same notation (docs/math.md, "Batch normal
 
 from __future__ import annotations
 
+import math
+
 from ..shapes import positive_int
-from .base import Layer
+from .base import Layer, is_number
 from .conv import ACTIVATIONS
 
 
@@ -28,9 +30,10 @@ class _BatchNorm(Layer):
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=None, dtype="float32"):
         super().__init__(dtype)
         self.num_features = positive_int(num_features, "num_features", self.name)
-        if not 0 <= momentum <= 1 or eps <= 0:
-            raise ValueError(f"{self.name}: need 0 <= momentum <= 1 and eps > 0, "
-                             f"got momentum={momentum}, eps={eps}")
+        if not (is_number(momentum) and 0 <= momentum <= 1):
+            raise ValueError(f"{self.name}: momentum must be a number in [0, 1], got {momentum!r}")
+        if not (is_number(eps) and 0 < eps < math.inf):  # also refuses NaN
+            raise ValueError(f"{self.name}: eps must be a positive finite number, got {eps!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.name}: activation must be None or 'relu', got {activation!r}")
         self.momentum, self.eps, self.activation = float(momentum), float(eps), activation

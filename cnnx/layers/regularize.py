@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Layer
+from .base import Layer, is_number
 
 
 class Dropout(Layer):
@@ -14,8 +14,8 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=0, dtype="float32"):
         super().__init__(dtype)
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        if not (is_number(p) and 0 <= p < 1):
+            raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
         self.p, self.seed = float(p), int(seed)
         self._cache = None
 
