@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -157,6 +158,32 @@ def test_model_shape_mismatch_is_found_at_construction():
     with pytest.raises(ValueError, match=r"layer 2 \(Dense: expected input \(100,\), got \(1568,\)"):
         Sequential([layers.Conv2D(1, 8, 3, padding=1), layers.Flatten(), layers.Dense(100, 10)],
                    input_shape=(1, 14, 14))
+
+
+@pytest.mark.parametrize("items, message", [
+    ([lambda x: x], "Sequential: item 0 is a function, not a cnnx layer; use the layers of cnnx.layers"),
+    ([layers.Flatten(), None], "Sequential: item 1 is a NoneType, not a cnnx layer"),
+    ([layers.Flatten(), layers.ReLU], "Sequential: item 1 is the class ReLU, not a layer; call it: ReLU(...)"),
+])
+def test_sequential_items_must_be_layers(items, message):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
+        Sequential(items)
+
+
+@pytest.mark.parametrize("input_shape", [5, "1,28,28", (1, 28.0, 28), (1, 0, 28)])
+def test_sequential_input_shape_must_be_a_tuple_of_positive_ints(input_shape):
+    message = ("Sequential: input_shape must be one example's shape as a tuple of positive ints, "
+               f"such as (1, 28, 28) or (784,), got {input_shape!r}")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Sequential([layers.Flatten(), layers.Dense(784, 10)], input_shape=input_shape)
+
+
+def test_a_model_file_with_a_bare_int_input_shape_is_a_value_error(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"input_shape": 784, "layers": [{"type": "Dense", "in_features": 784,
+                                                                 "out_features": 10}]}))
+    with pytest.raises(ValueError, match=r"^Sequential: input_shape must be one example's shape"):
+        models.build(str(path))
 
 
 def test_unknown_model_name():
