@@ -25,7 +25,9 @@ class Sequential:
     ``input_shape`` (one example as a tuple: ``(1, 28, 28)`` for images, ``(784,)`` for
     features; a bare int is refused) enables shape inference: every layer's output shape is
     computed at construction, so a mismatch is reported before any data flows.
-    Parameters are (re)drawn from ``seed``: He init for layers feeding a ReLU, Xavier otherwise.
+    Parameters are (re)drawn from ``seed``, which wins over the layers' own ``seed=`` (one
+    number reproduces the whole model, dropout masks included): with the scheme a layer was
+    built with (``init="xavier"``), else He init for layers feeding a ReLU and Xavier otherwise.
     """
 
     def __init__(self, layers, input_shape=None, seed: int = 0):
@@ -58,6 +60,8 @@ class Sequential:
 
     def _init_for(self, index: int) -> str:
         layer = self.layers[index]
+        if getattr(layer, "init", None) is not None:  # the layer's own init= wins over position
+            return layer.init
         if getattr(layer, "activation", None) == "relu":
             return "he"
         for following in self.layers[index + 1:]:

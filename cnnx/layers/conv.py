@@ -30,7 +30,9 @@ class Conv2D(Layer):
     (seed 000 §1.4.6). ``padding``: int, pair, "valid" or "same" (stride 1; an odd total padding
     puts the extra row/column at the bottom/right, seed 003 §III.1). ``activation="relu"``
     fuses a ReLU into the layer (one pass over the output instead of two layers).
-    Parameters: W (out, in, kh, kw), b (out,).
+    Parameters: W (out, in, kh, kw), b (out,). ``init`` ("he" or "xavier"; default He with the
+    fused ReLU, else Xavier) and ``seed`` draw W; a Sequential redraws W from its own seed,
+    keeping an ``init`` given here (see ``Sequential``).
     """
 
     config_keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "activation")
@@ -51,6 +53,7 @@ class Conv2D(Layer):
         if activation not in ACTIVATIONS:
             raise ValueError(f"{layer}: activation must be None or 'relu', got {activation!r}")
         self.activation = activation
+        self.init = init  # None: the scheme is chosen by what follows the layer (Sequential)
         self._cache = None
         self.reset_parameters(make_rng(seed), init or ("he" if activation == "relu" else "xavier"))
 

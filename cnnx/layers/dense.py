@@ -12,7 +12,9 @@ class Dense(Layer):
     """Dense(in_features, out_features, activation=None):  y = x W^T + b  (then ReLU if fused).
 
     x: (N, in) -> y: (N, out). W has shape (out, in) as in seed 000 §1.4.9 (n^[l] x n^[l-1]);
-    seed 001 eq. 6 stores the transpose (D_j = Σ_i x_i w_ij).
+    seed 001 eq. 6 stores the transpose (D_j = Σ_i x_i w_ij). ``init`` ("he" or "xavier";
+    default He with the fused ReLU, else Xavier) and ``seed`` draw W; a Sequential redraws W
+    from its own seed, keeping an ``init`` given here (see ``Sequential``).
     """
 
     config_keys = ("in_features", "out_features", "activation")
@@ -25,6 +27,7 @@ class Dense(Layer):
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.name}: activation must be None or 'relu', got {activation!r}")
         self.activation = activation
+        self.init = init  # None: the scheme is chosen by what follows the layer (Sequential)
         self._cache = None
         self.reset_parameters(make_rng(seed), init or ("he" if activation == "relu" else "xavier"))
 
