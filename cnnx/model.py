@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from .backends import get_backend, make_rng
-from .layers import ReLU, from_config
+from .layers import Layer, ReLU, from_config
 from .layers.base import DTYPES
+from .shapes import is_int
 
 # Layers between a parametric layer and its activation that do not change which init fits.
 _PASS_THROUGH = ("Flatten", "MaxPool2D", "AvgPool2D", "Dropout", "BatchNorm2D", "BatchNorm1D")
@@ -20,20 +21,31 @@ class ModelSpecError(ValueError):
 class Sequential:
     """Sequential(layers, input_shape=None, seed=0).
 
-    ``input_shape`` (one example, e.g. ``(1, 28, 28)``) enables shape inference: every layer's
-    output shape is computed at construction, so a mismatch is reported before any data flows.
-    Parameters are (re)drawn from ``seed``: He init for layers feeding a ReLU, Xavier otherwise.
+    ``layers``: cnnx layers (instances of ``cnnx.layers.Layer``), run in order.
+    ``input_shape`` (one example as a tuple: ``(1, 28, 28)`` for images, ``(784,)`` for
+    features; a bare int is refused) enables shape inference: every layer's output shape is
+    computed at construction, so a mismatch is reported before any data flows.
+    Parameters are (re)drawn from ``seed``, which wins over the layers' own ``seed=`` (one
+    number reproduces the whole model, dropout masks included): with the scheme a layer was
+    built with (``init="xavier"``), else He init for layers feeding a ReLU and Xavier otherwise.
     """
 
     def __init__(self, layers, input_shape=None, seed: int = 0):
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer, type) and issubclass(layer, Layer):  # ReLU for ReLU()
+                raise TypeError(f"Sequential: item {index} is the class {layer.__name__}, not a "
+                                f"layer; call it: {layer.__name__}(...)")
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {index} is a {type(layer).__name__}, not a cnnx "
+                                f"layer; use the layers of cnnx.layers (subclasses of Layer)")
         dtypes = {layer.dtype for layer in self.layers}
         if len(dtypes) != 1:
             raise ValueError(f"Sequential: all layers must share one dtype, got {sorted(dtypes)}")
         self.dtype = dtypes.pop()
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.input_shape = _example_shape(input_shape) if input_shape is not None else None
         self.seed = int(seed)
         self._outputs_per_example: dict = {}  # input shape -> count (outputs_per_example)
         if self.input_shape is not None:
@@ -48,6 +60,8 @@ class Sequential:
 
     def _init_for(self, index: int) -> str:
         layer = self.layers[index]
+        if getattr(layer, "init", None) is not None:  # the layer's own init= wins over position
+            return layer.init
         if getattr(layer, "activation", None) == "relu":
             return "he"
         for following in self.layers[index + 1:]:
@@ -195,6 +209,15 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def _example_shape(input_shape) -> tuple:
+    """``input_shape`` as a tuple of Python ints, refusing what is not one example's shape."""
+    if not (isinstance(input_shape, (tuple, list))
+            and all(is_int(size) and size > 0 for size in input_shape)):
+        raise ValueError(f"Sequential: input_shape must be one example's shape as a tuple of "
+                         f"positive ints, such as (1, 28, 28) or (784,), got {input_shape!r}")
+    return tuple(int(size) for size in input_shape)
 
 
 def _fmt_shape(shape) -> str:

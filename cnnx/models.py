@@ -169,8 +169,7 @@ def _from_json(path: str, dtype: str, seed: int, input_shape):
     if isinstance(data, dict):
         input_shape = input_shape or data.get("input_shape")
         data = data.get("layers")
-    shape = tuple(input_shape) if input_shape else None
-    try:
-        return from_spec(data, input_shape=shape, seed=seed, dtype=dtype)
+    try:  # Sequential checks the input shape (a file's "input_shape": 5 included)
+        return from_spec(data, input_shape=input_shape or None, seed=seed, dtype=dtype)
     except ModelSpecError as exc:
         raise ModelSpecError(f"model file {path}: {exc}") from None

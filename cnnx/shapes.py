@@ -12,18 +12,30 @@ extra row/column of an odd total padding at the bottom/right), so the formula we
 
 from __future__ import annotations
 
+import numbers
+
+
+def is_int(value) -> bool:
+    """True for an integer, Python's or NumPy's (``np.int64(3)``), but not for a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
 
 def pair(value, name: str, layer: str) -> tuple[int, int]:
-    """Return ``(a, b)`` from an int or a pair of ints, rejecting anything else by name."""
-    if isinstance(value, bool):
-        raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    """Return ``(a, b)`` as Python ints from an int or a pair of ints, rejecting anything else
+    (floats, bools) by name."""
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
         return (int(value[0]), int(value[1]))
     raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def positive_int(value, name: str, layer: str) -> int:
+    """``value`` as a Python int when it is a positive integer (a count of channels or
+    features); anything else, 2.7 included, is refused by name rather than truncated."""
+    if not (is_int(value) and value > 0):
+        raise ValueError(f"{layer}: {name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def output_size(n: int, f: int, s: int, p_before: int, p_after: int, layer: str = "layer") -> int:

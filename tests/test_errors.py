@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
 
@@ -31,6 +34,15 @@ def test_dtype_mismatch(backend):
         layers.Conv2D(1, 1, 3).to(backend).forward(_x(backend, (1, 1, 4, 4), "float64"))
 
 
+@pytest.mark.parametrize("dtype, fix", [
+    ("float64", "convert the input with x.astype('float32') or build the layer with dtype='float64'"),
+    ("int64", "convert the input with x.astype('float32')"),  # no layer is int64
+])
+def test_dtype_mismatch_says_how_to_fix_it(backend, dtype, fix):
+    with pytest.raises(ValueError, match=rf"^Conv2D: expected dtype float32, got {dtype}; {re.escape(fix)}$"):
+        layers.Conv2D(1, 1, 3).to(backend).forward(_x(backend, (1, 1, 4, 4), dtype))
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_input(backend, bad):
     x = np.zeros((1, 1, 4, 4), np.float32)
@@ -54,9 +66,51 @@ def test_loss_shape_mismatches(backend):
         losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
 
-def test_backward_before_forward():
-    with pytest.raises(ValueError, match="MaxPool2D: backward called before forward"):
-        layers.MaxPool2D(2).backward(np.zeros((1, 1, 1, 1)))
+#: one small instance of every layer type (float64) and an input shape it takes
+EVERY_LAYER = {
+    "Conv2D": (lambda: layers.Conv2D(2, 3, 3, dtype="float64"), (2, 2, 5, 5)),
+    "MaxPool2D": (lambda: layers.MaxPool2D(2, dtype="float64"), (2, 2, 4, 4)),
+    "AvgPool2D": (lambda: layers.AvgPool2D(2, dtype="float64"), (2, 2, 4, 4)),
+    "GlobalAvgPool2D": (lambda: layers.GlobalAvgPool2D(dtype="float64"), (2, 2, 4, 4)),
+    "Flatten": (lambda: layers.Flatten(dtype="float64"), (2, 2, 4, 4)),
+    "Dense": (lambda: layers.Dense(4, 2, dtype="float64"), (3, 4)),
+    "ReLU": (lambda: layers.ReLU(dtype="float64"), (3, 4)),
+    "Sigmoid": (lambda: layers.Sigmoid(dtype="float64"), (3, 4)),
+    "Tanh": (lambda: layers.Tanh(dtype="float64"), (3, 4)),
+    "Softmax": (lambda: layers.Softmax(dtype="float64"), (3, 4)),
+    "Identity": (lambda: layers.Identity(dtype="float64"), (3, 4)),
+    "BatchNorm2D": (lambda: layers.BatchNorm2D(2, dtype="float64"), (2, 2, 3, 3)),
+    "BatchNorm1D": (lambda: layers.BatchNorm1D(4, dtype="float64"), (3, 4)),
+    "Dropout": (lambda: layers.Dropout(0.5, dtype="float64"), (3, 4)),
+}
+
+
+def test_every_layer_type_is_in_the_backward_checks():
+    assert set(EVERY_LAYER) == set(layers.LAYER_TYPES)
+
+
+@pytest.mark.parametrize("kind", sorted(EVERY_LAYER))
+def test_backward_before_forward(kind):
+    make, shape = EVERY_LAYER[kind]
+    with pytest.raises(ValueError, match=f"^{kind}: backward called before forward$"):
+        make().backward(np.zeros(shape))
+
+
+@pytest.mark.parametrize("method", ["backward", "backward_params"])
+@pytest.mark.parametrize("bad", ["shape", "dtype"])
+@pytest.mark.parametrize("kind", sorted(EVERY_LAYER))
+def test_backward_checks_dy_against_the_forward_output(backend, kind, bad, method):
+    make, shape = EVERY_LAYER[kind]
+    layer = make().to(backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(np.random.default_rng(0).random(shape))))
+    if bad == "shape":  # one example too many
+        dy, got, fix = np.ones((y.shape[0] + 1, *y.shape[1:])), "float64", "pass dL/d(output)"
+    else:
+        dy, got, fix = np.ones(y.shape, np.float32), "float32", "convert it with dy.astype('float64')"
+    expected = re.escape(f"{kind}: backward expected dy of shape {y.shape} and dtype float64 "
+                         f"(forward's output), got shape {dy.shape} and dtype {got}; {fix}")
+    with pytest.raises(ValueError, match=f"^{expected}"):
+        getattr(layer, method)(backend.asarray(dy, dy.dtype))
 
 
 @pytest.mark.parametrize("make, message", [
@@ -65,7 +119,7 @@ def test_backward_before_forward():
     (lambda: layers.Conv2D(1, 1, 3, padding=-1), "Conv2D: padding must be >= 0"),
     (lambda: layers.Conv2D(1, 1, 3, activation="gelu"), "Conv2D: activation must be None or 'relu'"),
     (lambda: layers.MaxPool2D(2, padding=2), "MaxPool2D: padding must be between 0 and half the kernel"),
-    (lambda: layers.Dense(0, 3), "Dense: feature counts must be positive"),
+    (lambda: layers.Dense(0, 3), "Dense: in_features must be a positive integer, got 0"),
     (lambda: layers.Dense(2, 3, dtype="float16"), "Dense: dtype must be one of"),
 ])
 def test_bad_construction(make, message):
@@ -73,10 +127,63 @@ def test_bad_construction(make, message):
         make()
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: layers.Conv2D(2.7, 1, 3), "Conv2D: in_channels must be a positive integer, got 2.7"),
+    (lambda: layers.Conv2D(1, "4", 3), "Conv2D: out_channels must be a positive integer, got '4'"),
+    (lambda: layers.Dense(2.5, 3), "Dense: in_features must be a positive integer, got 2.5"),
+    (lambda: layers.Dense(4, True), "Dense: out_features must be a positive integer, got True"),
+    (lambda: layers.BatchNorm2D(3.0), "BatchNorm2D: num_features must be a positive integer, got 3.0"),
+    (lambda: layers.BatchNorm1D(-2), "BatchNorm1D: num_features must be a positive integer, got -2"),
+])
+def test_counts_must_be_positive_integers_not_truncated(make, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        make()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: layers.BatchNorm2D(3, momentum=None), "BatchNorm2D: momentum must be a number in [0, 1], got None"),
+    (lambda: layers.BatchNorm1D(3, momentum="0.1"), "BatchNorm1D: momentum must be a number in [0, 1], got '0.1'"),
+    (lambda: layers.BatchNorm2D(3, momentum=1.5), "BatchNorm2D: momentum must be a number in [0, 1], got 1.5"),
+    (lambda: layers.BatchNorm2D(3, eps=None), "BatchNorm2D: eps must be a positive finite number, got None"),
+    (lambda: layers.BatchNorm2D(3, eps=float("nan")), "BatchNorm2D: eps must be a positive finite number, got nan"),
+    (lambda: layers.BatchNorm2D(3, eps=0), "BatchNorm2D: eps must be a positive finite number, got 0"),
+    (lambda: layers.Dropout(None), "Dropout: p must be a number in [0, 1), got None"),
+])
+def test_hyperparameters_must_be_numbers_in_range(make, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make()
+
+
 def test_model_shape_mismatch_is_found_at_construction():
     with pytest.raises(ValueError, match=r"layer 2 \(Dense: expected input \(100,\), got \(1568,\)"):
         Sequential([layers.Conv2D(1, 8, 3, padding=1), layers.Flatten(), layers.Dense(100, 10)],
                    input_shape=(1, 14, 14))
+
+
+@pytest.mark.parametrize("items, message", [
+    ([lambda x: x], "Sequential: item 0 is a function, not a cnnx layer; use the layers of cnnx.layers"),
+    ([layers.Flatten(), None], "Sequential: item 1 is a NoneType, not a cnnx layer"),
+    ([layers.Flatten(), layers.ReLU], "Sequential: item 1 is the class ReLU, not a layer; call it: ReLU(...)"),
+])
+def test_sequential_items_must_be_layers(items, message):
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
+        Sequential(items)
+
+
+@pytest.mark.parametrize("input_shape", [5, "1,28,28", (1, 28.0, 28), (1, 0, 28)])
+def test_sequential_input_shape_must_be_a_tuple_of_positive_ints(input_shape):
+    message = ("Sequential: input_shape must be one example's shape as a tuple of positive ints, "
+               f"such as (1, 28, 28) or (784,), got {input_shape!r}")
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Sequential([layers.Flatten(), layers.Dense(784, 10)], input_shape=input_shape)
+
+
+def test_a_model_file_with_a_bare_int_input_shape_is_a_value_error(tmp_path):
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps({"input_shape": 784, "layers": [{"type": "Dense", "in_features": 784,
+                                                                 "out_features": 10}]}))
+    with pytest.raises(ValueError, match=r"^Sequential: input_shape must be one example's shape"):
+        models.build(str(path))
 
 
 def test_unknown_model_name():

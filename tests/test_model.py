@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cnnx import Sequential, config, evaluate, fit, gradcheck, layers, losses, models, optim
+from cnnx.backends import make_rng
 from cnnx.backends.cupy_backend import CupyBackend
 from cnnx.models import seed002_net
 from cnnx.train import train_step
@@ -195,6 +196,18 @@ def test_he_init_feeds_relu_and_xavier_otherwise():
     first, last = model.layers[0].params["W"], model.layers[2].params["W"]
     assert np.std(first) == pytest.approx(np.sqrt(2 / 1000), rel=0.02)
     assert np.std(last) == pytest.approx(np.sqrt(2 / 1010), rel=0.05)
+
+
+@pytest.mark.parametrize("make", [lambda init: layers.Dense(100, 100, init=init, seed=9),
+                                  lambda init: layers.Conv2D(4, 4, 3, padding=1, init=init, seed=9)])
+@pytest.mark.parametrize("init, follower", [("xavier", layers.ReLU), ("he", layers.Identity)])
+def test_sequential_keeps_a_layers_explicit_init(make, init, follower):
+    """Redrawn from the Sequential's seed (3, not the layer's 9) with the layer's own scheme,
+    not the one its position calls for (He before a ReLU, Xavier otherwise)."""
+    model = Sequential([make(init), follower()], seed=3)
+    expected = make(None)
+    expected.reset_parameters(make_rng(3), init)
+    np.testing.assert_array_equal(model.layers[0].params["W"], expected.params["W"])
 
 
 def test_from_spec_names_the_bad_layer():

@@ -1,10 +1,14 @@
 """Output-size arithmetic (seed 000 §1.4.6) and padding resolution (seed 003 §III.1)."""
 
+import json
+
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cnnx.shapes import output_size, resolve_padding
+from cnnx import layers
+from cnnx.shapes import output_size, pair, resolve_padding
 
 
 @given(n=st.integers(1, 60), f=st.integers(1, 9), s=st.integers(1, 4),
@@ -44,3 +48,23 @@ def test_same_padding_needs_stride_one():
 def test_bad_padding_is_rejected_by_name(bad):
     with pytest.raises(ValueError, match="Conv2D: padding"):
         resolve_padding(bad, (3, 3), (1, 1), "Conv2D")
+
+
+def test_pair_takes_numpy_integers_and_still_refuses_bools_and_floats():
+    for value, expected in [(np.int64(3), (3, 3)), ((np.int32(2), 3), (2, 3)), ([1, np.uint8(2)], (1, 2))]:
+        got = pair(value, "kernel_size", "Conv2D")
+        assert got == expected and all(type(v) is int for v in got)  # JSON-able in a spec
+    for bad in [True, np.bool_(True), 3.0, np.float64(3.0), (1, 2.5), (1, True)]:
+        with pytest.raises(ValueError, match="Conv2D: kernel_size must be an int or a pair of ints"):
+            pair(bad, "kernel_size", "Conv2D")
+
+
+def test_layers_take_numpy_integer_sizes():
+    conv = layers.Conv2D(np.int64(1), np.int32(2), np.int64(3), stride=np.int64(2),
+                         padding=(np.int64(1), 0))
+    pool = layers.MaxPool2D(np.int32(2), stride=np.int64(1), padding=np.int64(1))
+    dense = layers.Dense(np.int64(4), np.uint8(2))
+    assert conv.config() == layers.Conv2D(1, 2, 3, stride=2, padding=(1, 0)).config()
+    assert pool.config() == layers.MaxPool2D(2, stride=1, padding=1).config()
+    assert dense.config() == layers.Dense(4, 2).config()
+    json.dumps([conv.config(), pool.config(), dense.config()])

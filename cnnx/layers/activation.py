@@ -27,11 +27,11 @@ class ReLU(_Activation):
         self._check(x)
         y = self.xp.maximum(x, 0)
         self._cache = y
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """dL/dz = dL/dR ⊙ 1[z > 0]  (seed 001 eq. 10 with the 0 convention at z = 0)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         return self.backend.relu_backward(dy, self._cache)
 
 
@@ -42,11 +42,11 @@ class Sigmoid(_Activation):
         self._check(x)
         y = sigmoid(self.xp, x)
         self._cache = y
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """dL/dz = dL/dσ ⊙ σ(1 - σ)  (seed 003 §I.2, item 11)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         y = self._cache
         return dy * y * (1 - y)
 
@@ -58,11 +58,11 @@ class Tanh(_Activation):
         self._check(x)
         y = self.xp.tanh(x)
         self._cache = y
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """dL/dz = dL/dt ⊙ (1 - t²)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         y = self._cache
         return dy * (1 - y * y)
 
@@ -72,12 +72,11 @@ class Identity(_Activation):
 
     def forward(self, x):
         self._check(x)
-        self._cache = True
-        return x
+        return self._record_output(x)
 
     def backward(self, dy):
         """dL/dz = dL/dI."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         return dy
 
 
@@ -101,14 +100,14 @@ class Softmax(_Activation):
             raise ValueError(f"Softmax: axis {self.axis} is out of range for shape {tuple(x.shape)}")
         y = softmax(self.xp, x, self.axis)
         self._cache = y
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """Full Jacobian-vector product (seed 003 §I.1 eq. 4: ∂S_i/∂z_k = S_i(δ_ik - S_k)):
 
             dL/dz_k = Σ_i dL/dS_i · S_i (δ_ik - S_k) = S_k (dL/dS_k - Σ_i dL/dS_i S_i)
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         s = self._cache
         return s * (dy - (dy * s).sum(axis=self.axis, keepdims=True))
 

@@ -2,18 +2,26 @@
 
 A layer computes ``forward(x) -> y`` and ``backward(dy) -> dx``. ``forward`` keeps only what
 ``backward`` needs; ``backward`` overwrites ``.grads`` (same keys as ``.params``) with
-dL/dparam for the batch and returns dL/dx. Layers never import numpy or cupy: they use
+dL/dparam for the batch and returns dL/dx. Both check their argument first: ``forward``
+with ``check_input(x)``, ``backward`` with ``check_grad(dy)`` against the output that
+``forward`` returned through ``_record_output``. Layers never import numpy or cupy: they use
 ``self.xp``, the array module of the backend they were moved to with ``to(device)``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import config
 from ..backends import Backend, get_backend
 
 DTYPES = ("float32", "float64")
+
+
+def is_number(value) -> bool:
+    """True for a real number, Python's or NumPy's, but not for a bool or None."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class Layer:
@@ -32,6 +40,8 @@ class Layer:
         #: state that is saved and moved with the layer but not trained (e.g. running means)
         self.buffers: dict = {}
         self.training = True
+        #: shape of the last forward's output (None before any): what backward's dy must have
+        self._output_shape = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -120,10 +130,11 @@ class Layer:
                 f"got {x.shape[1]} in shape {tuple(x.shape)}"
             )
         if x.dtype != self.dtype:  # str(x.dtype) costs 2 µs a call, 30x this comparison
-            raise ValueError(
-                f"{self.name}: expected dtype {self.dtype}, got {x.dtype}; "
-                f"cast the input or build the layer with dtype={str(x.dtype)!r}"
-            )
+            got = str(x.dtype)
+            # a layer can be rebuilt in float64, say, but not in int64
+            rebuild = f" or build the layer with dtype={got!r}" if got in DTYPES else ""
+            raise ValueError(f"{self.name}: expected dtype {self.dtype}, got {got}; "
+                             f"convert the input with x.astype({self.dtype!r}){rebuild}")
         if config.check_finite and not bool(self.xp.isfinite(x).all()):
             raise ValueError(f"{self.name}: input contains NaN or inf")
 
@@ -136,9 +147,26 @@ class Layer:
         network needs none); a layer that can skip that work overrides this."""
         self.backward(dy)
 
-    def _require_forward(self, cache) -> None:
-        if cache is None:
+    def _record_output(self, y):
+        """Return forward's output ``y``, keeping its shape for ``check_grad``."""
+        self._output_shape = y.shape
+        return y
+
+    def check_grad(self, dy) -> None:
+        """Raise ValueError naming this layer when backward comes before any forward, or when
+        ``dy`` (dL/d output) is not shaped and typed like the last forward's output. Shape and
+        dtype comparisons only: every backward pays for this check."""
+        expected = self._output_shape
+        if expected is None:
             raise ValueError(f"{self.name}: backward called before forward")
+        shape = getattr(dy, "shape", None)
+        if shape != expected or dy.dtype != self.dtype:
+            got = (f"shape {tuple(shape)} and dtype {dy.dtype}" if hasattr(dy, "dtype")
+                   else f"a {type(dy).__module__}.{type(dy).__name__}")
+            fix = (f"convert it with dy.astype({self.dtype!r})" if shape == expected
+                   else "pass dL/d(output) for the last forward call")
+            raise ValueError(f"{self.name}: backward expected dy of shape {tuple(expected)} and "
+                             f"dtype {self.dtype} (forward's output), got {got}; {fix}")
 
     def describe(self) -> str:
         """Compact one-line form for tables: ``Conv2D(1, 16, k=(3, 3), s=(1, 1), p=(1, 1), relu)``."""

@@ -17,7 +17,7 @@ W_mat = W.reshape(O, C*kh*kw), the layer is one matrix product  Z_rows = col @ W
 from __future__ import annotations
 
 from ..backends import Window, make_rng
-from ..shapes import check_positive, pair, resolve_padding
+from ..shapes import check_positive, pair, positive_int, resolve_padding
 from .base import Layer
 
 ACTIVATIONS = (None, "relu")
@@ -30,7 +30,9 @@ class Conv2D(Layer):
     (seed 000 §1.4.6). ``padding``: int, pair, "valid" or "same" (stride 1; an odd total padding
     puts the extra row/column at the bottom/right, seed 003 §III.1). ``activation="relu"``
     fuses a ReLU into the layer (one pass over the output instead of two layers).
-    Parameters: W (out, in, kh, kw), b (out,).
+    Parameters: W (out, in, kh, kw), b (out,). ``init`` ("he" or "xavier"; default He with the
+    fused ReLU, else Xavier) and ``seed`` draw W; a Sequential redraws W from its own seed,
+    keeping an ``init`` given here (see ``Sequential``).
     """
 
     config_keys = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "activation")
@@ -39,8 +41,8 @@ class Conv2D(Layer):
                  activation=None, init=None, seed=0, dtype="float32"):
         super().__init__(dtype)
         layer = self.name
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        check_positive((self.in_channels, self.out_channels), "channel counts", layer)
+        self.in_channels = positive_int(in_channels, "in_channels", layer)
+        self.out_channels = positive_int(out_channels, "out_channels", layer)
         self.kernel_size = pair(kernel_size, "kernel_size", layer)
         self.stride = pair(stride, "stride", layer)
         check_positive(self.kernel_size, "kernel_size", layer)
@@ -51,6 +53,7 @@ class Conv2D(Layer):
         if activation not in ACTIVATIONS:
             raise ValueError(f"{layer}: activation must be None or 'relu', got {activation!r}")
         self.activation = activation
+        self.init = init  # None: the scheme is chosen by what follows the layer (Sequential)
         self._cache = None
         self.reset_parameters(make_rng(seed), init or ("he" if activation == "relu" else "xavier"))
 
@@ -76,7 +79,7 @@ class Conv2D(Layer):
         self.window.out_hw(x.shape[2], x.shape[3], self.name)
         y, self._cache = self.backend.conv2d_forward(x, self.params["W"], self.params["b"],
                                                      self.window, self.activation == "relu")
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """Seed 000 §2.2 / seed 002, in im2col form (seed 004), with δ = dL/dZ:
@@ -89,13 +92,13 @@ class Conv2D(Layer):
         The last line is seed 002's "conv(padded dZ, 180°-rotated K)" written as a gather.
         The backend computes these (``Backend.conv2d_backward``).
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         dx, self.grads["W"], self.grads["b"] = self.backend.conv2d_backward(
             dy, self._cache, self.params["W"], self.window, self.activation == "relu")
         return dx
 
     def backward_params(self, dy):
         """dL/dW and dL/db only: skips the dL/dX product and its col2im."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         self.grads["W"], self.grads["b"] = self.backend.conv2d_backward_params(
             dy, self._cache, self.params["W"], self.window, self.activation == "relu")

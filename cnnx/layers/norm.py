@@ -5,7 +5,10 @@ Not in the seeds; derived here in the same notation (docs/math.md, "Batch normal
 
 from __future__ import annotations
 
-from .base import Layer
+import math
+
+from ..shapes import positive_int
+from .base import Layer, is_number
 from .conv import ACTIVATIONS
 
 
@@ -26,12 +29,11 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=None, dtype="float32"):
         super().__init__(dtype)
-        self.num_features = int(num_features)
-        if self.num_features <= 0:
-            raise ValueError(f"{self.name}: num_features must be positive, got {num_features}")
-        if not 0 <= momentum <= 1 or eps <= 0:
-            raise ValueError(f"{self.name}: need 0 <= momentum <= 1 and eps > 0, "
-                             f"got momentum={momentum}, eps={eps}")
+        self.num_features = positive_int(num_features, "num_features", self.name)
+        if not (is_number(momentum) and 0 <= momentum <= 1):
+            raise ValueError(f"{self.name}: momentum must be a number in [0, 1], got {momentum!r}")
+        if not (is_number(eps) and 0 < eps < math.inf):  # also refuses NaN
+            raise ValueError(f"{self.name}: eps must be a positive finite number, got {eps!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"{self.name}: activation must be None or 'relu', got {activation!r}")
         self.momentum, self.eps, self.activation = float(momentum), float(eps), activation
@@ -71,7 +73,7 @@ class _BatchNorm(Layer):
             running_mean += m * mean
             running_var *= 1 - m
             running_var += m * var * (count / (count - 1))
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """With δ = dy (or dy ⊙ 1[y > 0] when the ReLU is fused), m values per channel and sums
@@ -83,7 +85,7 @@ class _BatchNorm(Layer):
 
         The training form accounts for μ and σ² depending on every x of the batch.
         """
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         dx, dgamma, dbeta = self.backend.batch_norm_backward(dy, self._cache,
                                                              self.params["gamma"])
         self.grads = {"gamma": dgamma, "beta": dbeta}

@@ -48,12 +48,12 @@ class MaxPool2D(_Pool2D):
         self._check(x)
         y, argmax = self.backend.max_pool_forward(x, self.window)
         self._cache = (argmax, x.shape)
-        return y
+        return self._record_output(y)
 
     def backward(self, dy):
         """dL/dX[n,c,u,v] = Σ over windows (y,x) whose cached argmax is (u,v) of dL/dP[n,c,y,x];
         0 for every other cell (seed 000 §2.1.1, seed 003 eq. 17)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         argmax, x_shape = self._cache
         return self.backend.max_pool_backward(dy, argmax, x_shape, self.window)
 
@@ -65,10 +65,10 @@ class AvgPool2D(_Pool2D):
     def forward(self, x):
         self._check(x)
         self._cache = x.shape
-        return self.backend.avg_pool_forward(x, self.window)
+        return self._record_output(self.backend.avg_pool_forward(x, self.window))
 
     def backward(self, dy):
         """dL/dX[n,c,u,v] = Σ over windows (y,x) containing (u,v) of dL/dP[n,c,y,x] / (kh·kw)
         (seed 002: each cell of a 2x2 pool gets 1/4 of dP)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         return self.backend.avg_pool_backward(dy, self._cache, self.window)

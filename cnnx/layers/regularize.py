@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Layer
+from .base import Layer, is_number
 
 
 class Dropout(Layer):
@@ -14,8 +14,8 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=0, dtype="float32"):
         super().__init__(dtype)
-        if not 0 <= p < 1:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        if not (is_number(p) and 0 <= p < 1):
+            raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
         self.p, self.seed = float(p), int(seed)
         self._cache = None
 
@@ -36,18 +36,19 @@ class Dropout(Layer):
     def forward(self, x):
         self.check_input(x)
         if not self.training or self.p == 0:
-            self._cache = None
-            return x
+            self._cache = None  # no mask: backward passes dy through
+            return self._record_output(x)
         keep = self.backend.uniform(x.shape, x.dtype, (self.seed, self.calls)) >= self.p
         self.calls += 1
         self._cache = keep / (1 - self.p)
-        return x * self._cache.astype(x.dtype, copy=False)
+        return self._record_output(x * self._cache.astype(x.dtype, copy=False))
 
     def replayable_in_graph(self) -> bool:
         return self.p == 0  # a replay would reuse the mask drawn for (seed, calls) at capture
 
     def backward(self, dy):
         """dx = dy ⊙ mask / (1 - p) (training) or dy (evaluation)."""
+        self.check_grad(dy)
         return dy if self._cache is None else dy * self._cache.astype(dy.dtype, copy=False)
 
 
@@ -66,10 +67,10 @@ class GlobalAvgPool2D(Layer):
     def forward(self, x):
         self.check_input(x, rank=4)
         self._cache = x.shape
-        return x.mean(axis=(2, 3))
+        return self._record_output(x.mean(axis=(2, 3)))
 
     def backward(self, dy):
         """dx[n, c, h, w] = dy[n, c] / (H·W): every cell of the map gets an equal share."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         n, c, h, w = self._cache
         return self.xp.broadcast_to((dy / (h * w))[:, :, None, None], self._cache).copy()

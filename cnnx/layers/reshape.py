@@ -27,9 +27,9 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected a batch of at least rank 2, got shape {tuple(x.shape)}")
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return self._record_output(x.reshape(x.shape[0], -1))
 
     def backward(self, dy):
         """No derivative: undo the reshape, dL/dX = reshape(dL/dF, X.shape) (seed 003 eq. 19)."""
-        self._require_forward(self._cache)
+        self.check_grad(dy)
         return dy.reshape(self._cache)
