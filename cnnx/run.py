@@ -181,7 +181,8 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
                              f"resumed run keeps its dtype; start a new run for {options['dtype']}")
         base = {k: v for k, v in (ck.header.get("config") or {}).items() if k in fields}
         _keep_the_training_set(options, base)
-        if options.get("image_size", base.get("image_size")) != base.get("image_size"):
+        wanted = options.get("image_size")  # the size the model takes is the one to ask for
+        if wanted is not None and tuple(wanted) != tuple(ck.input_shape[1:]):
             raise ValueError(f"--image-size: this run's model takes pictures of "
                              f"{ck.input_shape[1]},{ck.input_shape[2]} pixels and a resumed run "
                              "keeps its image size; start a new run for another")

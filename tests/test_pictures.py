@@ -389,9 +389,11 @@ def test_image_size_trains_on_pictures_of_many_sizes_and_resume_keeps_it(isolate
     assert "a resumed run keeps its image size" in one_line_error(
         invoke("train", "--resume", "run", "--epochs", 2, "--image-size", 16))
     assert invoke("train", "--resume", "run", "--epochs", 2, "--device", "cpu").exit_code == 0
+    assert invoke("train", "--resume", "run", "--epochs", 3, "--image-size", "20,24",  # the same
+                  "--device", "cpu").exit_code == 0
     save(tmp_path / "pics" / "val" / "r" / "0.jpg", np.zeros((20, 24, 3), np.uint8))
     assert ("pics now has a validation set of its own, but this run's validation set was held "
-            "out of train") in one_line_error(invoke("train", "--resume", "run", "--epochs", 3))
+            "out of train") in one_line_error(invoke("train", "--resume", "run", "--epochs", 4))
     assert "--image-size resizes a directory of pictures; synthetic images come in one size" in (
         one_line_error(invoke("train", "--dataset", "synthetic", "--image-size", 16)))
     assert "expected HEIGHT,WIDTH such as 64,48" in one_line_error(

@@ -204,6 +204,8 @@ def test_resume_refuses_a_seed_or_val_split_that_would_draw_another_validation_s
     assert (f"{option} {value}: this run's validation set was drawn with {option} "
             f"{ {'--seed': 0, '--val-split': 0.2}[option]}, and a resumed run keeps its training "
             "set") in one_line_error(invoke("train", "--resume", out, "--epochs", 2, option, value))
+    assert ("--image-size resizes a directory of pictures; " in one_line_error(  # not "keeps its
+        invoke("train", "--resume", out, "--epochs", 2, "--image-size", 28)))  # image size"
     same = {"--seed": 0, "--val-split": 0.2}[option]
     assert invoke("train", "--resume", out, "--epochs", 2, option, same,
                   "--device", "cpu").exit_code == 0
