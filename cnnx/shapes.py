@@ -12,6 +12,9 @@ extra row/column of an odd total padding at the bottom/right), so the formula we
 
 from __future__ import annotations
 
+import math
+import numbers
+
 
 def pair(value, name: str, layer: str) -> tuple[int, int]:
     """Return ``(a, b)`` from an int or a pair of ints, rejecting anything else by name."""
@@ -24,6 +27,24 @@ def pair(value, name: str, layer: str) -> tuple[int, int]:
     ):
         return (int(value[0]), int(value[1]))
     raise ValueError(f"{layer}: {name} must be an int or a pair of ints, got {value!r}")
+
+
+def whole_number(value, name: str, layer: str) -> int:
+    """``value`` as an int: an int, or a float with a whole value (16.0); anything else (a
+    string from a JSON model file, 2.5, inf, a bool) is a ValueError naming ``name``, not
+    int()'s message that names nothing."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():  # False for inf and NaN
+        return int(value)
+    raise ValueError(f"{layer}: {name} must be a whole number, got {value!r}")
+
+
+def real_number(value, name: str, layer: str) -> float:
+    """``value`` as a finite float; a ValueError naming ``name`` otherwise (see whole_number)."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ValueError(f"{layer}: {name} must be a finite number, got {value!r}")
 
 
 def output_size(n: int, f: int, s: int, p_before: int, p_after: int, layer: str = "layer") -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..shapes import whole_number
 from .base import Layer
 
 
@@ -93,7 +94,7 @@ class Softmax(_Activation):
 
     def __init__(self, axis=1, dtype="float32"):
         super().__init__(dtype)
-        self.axis = int(axis)
+        self.axis = whole_number(axis, "axis", self.name)
 
     def forward(self, x):
         self._check(x)

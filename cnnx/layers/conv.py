@@ -17,7 +17,7 @@ W_mat = W.reshape(O, C*kh*kw), the layer is one matrix product  Z_rows = col @ W
 from __future__ import annotations
 
 from ..backends import Window, make_rng
-from ..shapes import check_positive, pair, resolve_padding
+from ..shapes import check_positive, pair, resolve_padding, whole_number
 from .base import Layer
 
 ACTIVATIONS = (None, "relu")
@@ -39,7 +39,8 @@ class Conv2D(Layer):
                  activation=None, init=None, seed=0, dtype="float32"):
         super().__init__(dtype)
         layer = self.name
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = whole_number(in_channels, "in_channels", layer)
+        self.out_channels = whole_number(out_channels, "out_channels", layer)
         check_positive((self.in_channels, self.out_channels), "channel counts", layer)
         self.kernel_size = pair(kernel_size, "kernel_size", layer)
         self.stride = pair(stride, "stride", layer)

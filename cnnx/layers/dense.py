@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backends import make_rng
+from ..shapes import whole_number
 from .base import Layer
 from .conv import ACTIVATIONS
 
@@ -19,7 +20,8 @@ class Dense(Layer):
     def __init__(self, in_features, out_features, activation=None, init=None, seed=0,
                  dtype="float32"):
         super().__init__(dtype)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = whole_number(in_features, "in_features", self.name)
+        self.out_features = whole_number(out_features, "out_features", self.name)
         if self.in_features <= 0 or self.out_features <= 0:
             raise ValueError(f"{self.name}: feature counts must be positive, "
                              f"got ({in_features}, {out_features})")

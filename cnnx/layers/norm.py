@@ -5,6 +5,7 @@ Not in the seeds; derived here in the same notation (docs/math.md, "Batch normal
 
 from __future__ import annotations
 
+from ..shapes import real_number, whole_number
 from .base import Layer
 from .conv import ACTIVATIONS
 
@@ -26,7 +27,9 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5, activation=None, dtype="float32"):
         super().__init__(dtype)
-        self.num_features = int(num_features)
+        self.num_features = whole_number(num_features, "num_features", self.name)
+        momentum = real_number(momentum, "momentum", self.name)
+        eps = real_number(eps, "eps", self.name)
         if self.num_features <= 0:
             raise ValueError(f"{self.name}: num_features must be positive, got {num_features}")
         if not 0 <= momentum <= 1 or eps <= 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..shapes import real_number
 from .base import Layer
 
 
@@ -14,6 +15,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5, seed=0, dtype="float32"):
         super().__init__(dtype)
+        p = real_number(p, "p", "Dropout")
         if not 0 <= p < 1:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p, self.seed = float(p), int(seed)
