@@ -49,6 +49,14 @@ class CnnxGroup(click.Group):
             if debug:
                 raise
             _fail(str(exc), 1)
+        except (MemoryError, OverflowError) as exc:
+            # sizes come from the user: a model file's layer of 3e11 outputs, an --input-shape
+            # of 100000x100000 pixels, a label of 2**40 (one output per class) -- NumPy's
+            # "Unable to allocate 512. TiB ..." says how much, this says why
+            if debug:
+                raise
+            what = "not enough memory" if isinstance(exc, MemoryError) else "a number too large"
+            _fail(f"{what}: {exc or 'an allocation failed'} (a layer or input too large?)", 1)
         except (click.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         code = code if isinstance(code, int) else 0

@@ -295,6 +295,9 @@ def test_npz_validation_set_of_its_own_is_read_only_when_present_and_asked_for(t
 @pytest.mark.parametrize("change, message", [
     ({"y_train": np.zeros(3, np.int64)}, "expected 20 integer labels"),
     ({"y_test": np.full(10, -1)}, "labels must be >= 0"),
+    ({"y_train": np.r_[2**40, np.zeros(19, np.int64)]},
+     "y_train's labels go up to 1099511627776, with 30 examples in all: labels must number the "
+     "classes 0..K-1"),
     ({"x_train": np.full((20, 28, 28), 2.0)}, "finite and lie in \\[0, 1\\]"),
     ({"x_train": np.zeros((20, 5), np.uint8)}, "expected images"),
     ({"x_test": np.zeros((10, 9, 9), np.uint8)}, "differ in shape"),
@@ -303,6 +306,16 @@ def test_npz_content_checks(tmp_path, change, message):
     np.savez(tmp_path / "d.npz", **{**tiny_arrays(), **change})
     with pytest.raises(ValueError, match=message):
         data.load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_npz_labels_may_go_as_high_as_many_classes_need(tmp_path):
+    """A few test images of high classes (a 10000-class model's) are not a stray label."""
+    arrays = tiny_arrays()
+    np.savez(tmp_path / "t.npz", x_test=arrays["x_test"], y_test=np.full(10, 9999))
+    assert data.load_dataset(str(tmp_path / "t.npz"), splits=("test",)).num_classes == 10000
+    np.savez(tmp_path / "t.npz", x_test=arrays["x_test"], y_test=np.full(10, 10000))
+    with pytest.raises(ValueError, match="y_test's labels go up to 10000, with 10 examples"):
+        data.load_dataset(str(tmp_path / "t.npz"), splits=("test",))
 
 
 def test_npz_never_unpickles_and_rejects_corrupt_files(tmp_path):

@@ -190,7 +190,25 @@ def read_npz(path, splits=("train", "val", "test")) -> dict:
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     names = arrays.get("class_names")
     out["class_names"] = [str(n) for n in names] if names is not None else None
+    _check_label_range(out, path)
     return out
+
+
+#: labels up to this are believed whatever the examples' count (ImageNet numbers 1000 classes;
+#: a test set of a few images may hold only the high ones)
+FEW_CLASSES = 10_000
+
+
+def _check_label_range(arrays: dict, path) -> None:
+    """A label is a class number and the model gets one output per class: a stray 2**40 would
+    size a layer of 2**40 outputs. Labels beyond both the examples read (each class needs
+    some) and the class names, and beyond FEW_CLASSES, are refused."""
+    examples = sum(len(y) for key, y in arrays.items() if key.startswith("y_"))
+    bound = max(examples, len(arrays.get("class_names") or ()), FEW_CLASSES)
+    for key, y in arrays.items():
+        if key.startswith("y_") and len(y) and y.max() >= bound:
+            raise ValueError(f"{path}: {key}'s labels go up to {y.max()}, with {examples} "
+                             "examples in all: labels must number the classes 0..K-1")
 
 
 def _load_npz(path, wanted) -> tuple[dict, list]:
