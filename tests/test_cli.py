@@ -326,6 +326,11 @@ BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
      r"kernel_size, stride"),
     ('[{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": -1}]',
      r"layer 0: Conv2D: padding must be >= 0, got -1"),
+    ('[{"type": "Conv2D", "in_channels": 1, "out_channels": "four", "kernel_size": 3}]',
+     r"layer 0: Conv2D: out_channels must be a whole number, got 'four'$"),
+    ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 1e400, "out_features": 3}]',
+     r"layer 1: Dense: in_features must be a whole number, got inf$"),
+    ('[{"type": "Dropout", "p": "half"}]', r"layer 0: Dropout: p must be a finite number, got 'half'$"),
     ('[{"type": "Conv2D", "in_channels": 3, "out_channels": 2, "kernel_size": 3}, {"type": "Flatten"}]',
      r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): layer 0"),
 ]
@@ -366,6 +371,25 @@ def test_bad_predict_summary_gradcheck_input(run_dir, tmp_path):
     (tmp_path / "broken.json").write_text("{")
     assert "not valid JSON" in one_line_error(invoke("summary", tmp_path / "broken.json"))
     assert "expected C,H,W" in one_line_error(invoke("gradcheck", "seed-cnn", "--input-shape", "1,2"))
+
+
+def test_sizes_beyond_the_memory_are_one_line(tmp_path, monkeypatch):
+    """A layer of 10^13 outputs asks NumPy for petabytes: MemoryError (not a ValueError) is
+    reported in one line, as is an OverflowError from a size too large for a float."""
+    (tmp_path / "huge.json").write_text(json.dumps(
+        {"input_shape": [1, 12, 12], "layers": [{"type": "Flatten"},
+                                                {"type": "Dense", "in_features": 144,
+                                                 "out_features": 10**13}]}))
+    error = one_line_error(invoke("summary", tmp_path / "huge.json"))
+    assert re.match(r"Error: not enough memory: Unable to allocate .* \(a layer or input too "
+                    r"large\?\)$", error)
+
+    def overflow(*args, **kwargs):
+        raise OverflowError("int too large to convert to float")
+    monkeypatch.setattr(cnnx.models, "build", overflow)
+    assert one_line_error(invoke("summary", "reference")) == (
+        "Error: a number too large: int too large to convert to float (a layer or input too "
+        "large?)")
 
 
 def test_debug_shows_the_traceback():
