@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import sys
@@ -78,6 +79,18 @@ def _log(text: str) -> None:
     click.echo(text, err=True)
 
 
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, refusing NaN and infinity: it takes them (NaN fails no comparison
+    with a bound), and --lr inf or --warmup inf would surface later, as a diverged run or as a
+    rate that never warms up."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number
+
+
 def _device(ctx, param, value):
     if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", value.strip().lower()):
         raise click.BadParameter(f"{value!r}: use cpu, cuda, cuda:N or auto")
@@ -145,27 +158,27 @@ def cnnx():
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=DEFAULTS.lr,
               show_default=True, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(list(run.OPTIMIZERS)), default=DEFAULTS.optimizer,
               show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.momentum,
+@click.option("--momentum", type=FiniteFloatRange(0, 1, max_open=True), default=DEFAULTS.momentum,
               show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=DEFAULTS.weight_decay,
               show_default=True, help="L2 penalty λ.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--val-split", type=FiniteFloatRange(0, 1, max_open=True),
               help="Fraction of the training set held out for validation.  [default: "
                    f"{run.DEFAULT_VAL_SPLIT}, none when the dataset has its own validation set]")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
               help="Seeds all randomness: weights, validation split, shuffling, dropout, "
               "augmentation.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=DEFAULTS.dtype,
               show_default=True)
 @click.option("--schedule", type=click.Choice(list(run.SCHEDULES)), default=DEFAULTS.schedule,
               show_default=True, help="Learning-rate schedule (step: /10 after each third).")
-@click.option("--warmup", type=click.FloatRange(min=0), default=DEFAULTS.warmup,
+@click.option("--warmup", type=FiniteFloatRange(min=0), default=DEFAULTS.warmup,
               show_default=True, help="Epochs of linear learning-rate warm-up.")
-@click.option("--flip", type=click.FloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
+@click.option("--flip", type=FiniteFloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
               help="Augmentation: probability of a horizontal flip.")
 @click.option("--shift", type=click.IntRange(min=0), default=DEFAULTS.shift, show_default=True,
               help="Augmentation: random shifts of up to this many pixels.")
@@ -290,11 +303,12 @@ def summary(model, input_shape, dtype):
 @cnnx.command()
 @click.argument("model")
 @click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-6,
+@click.option("--tolerance", type=FiniteFloatRange(min=0, min_open=True), default=1e-6,
               show_default=True, help="Largest relative error accepted.")
 @click.option("--max-elements", type=click.IntRange(min=1), default=30, show_default=True,
               help="Elements checked per parameter array (a random subset).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the random data and the elements checked.")
 @debug_option
 @click.pass_context
 def gradcheck(ctx, model, input_shape, tolerance, max_elements, seed):
@@ -310,7 +324,7 @@ def gradcheck(ctx, model, input_shape, tolerance, max_elements, seed):
         click.echo(f"{row['index']:>3} {row['layer']:<40} {row['parameter']:<3} "
                    f"{row['error']:.2e}  {flag}")
     click.echo(f"input gradient: {r['input']:.2e}; largest relative error {r['max']:.2e} "
-               f"(tolerance {tolerance:.0e})")
+               f"(tolerance {tolerance:.2e})")  # as many digits as the error it is compared with
     if r["max"] > tolerance:
         ctx.exit(1)
 

@@ -17,6 +17,7 @@ restored bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import time
 from pathlib import Path
@@ -63,15 +64,16 @@ class TrainConfig:
         rules = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 < self.lr < math.inf, f"--lr must be a finite number > 0, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
             (self.val_split is None or 0 <= self.val_split < 1,
              f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (0 <= self.warmup < math.inf, f"--warmup must be a finite number >= 0, got {self.warmup}"),
             (0 <= self.flip <= 1 and self.shift >= 0, "--flip must be in [0, 1], --shift >= 0"),
             (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),

@@ -160,6 +160,41 @@ def test_gradcheck_exit_status():
     assert result.exit_code == 0, result.output
     assert "largest relative error" in result.stdout
     assert invoke("gradcheck", "seed-cnn", "--tolerance", "1e-30").exit_code == 1
+    # the tolerance is printed with the digits of the error it is compared with
+    largest = float(re.search(r"largest relative error (\S+)", result.stdout)[1])
+    result = invoke("gradcheck", "seed-cnn", "--tolerance", largest * 1.001)
+    assert result.exit_code == 0 and f"(tolerance {largest * 1.001:.2e})" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--lr", "inf"], ["train", "--lr", "nan"], ["train", "--weight-decay", "inf"],
+    ["train", "--warmup", "inf"], ["train", "--momentum", "nan"], ["train", "--flip", "nan"],
+    ["train", "--val-split", "nan"], ["gradcheck", "seed-cnn", "--tolerance", "nan"],
+    ["gradcheck", "seed-cnn", "--tolerance", "inf"],
+])
+def test_a_non_finite_number_is_a_usage_error_naming_the_option(args):
+    """click's FloatRange takes NaN (it fails no comparison) and inf: --lr inf would only show
+    as a diverged run, --tolerance nan as every row FAIL with exit status 0."""
+    error = one_line_error(invoke(*args, "--dataset", "synthetic")
+                           if args[0] == "train" else invoke(*args))
+    assert error == f"Error: Invalid value for '{args[-2]}': {float(args[-1])} is not a finite number."
+    assert invoke(*args).exit_code == 2
+
+
+@pytest.mark.parametrize("field, option", [("lr", "--lr"), ("weight_decay", "--weight-decay"),
+                                           ("warmup", "--warmup")])
+def test_a_training_config_refuses_infinity(field, option):
+    """The library's own check, for configs that do not come through the command line."""
+    from cnnx import run
+    with pytest.raises(ValueError, match=f"^{option} must be a finite number >=? 0, got inf$"):
+        run.TrainConfig(**{field: float("inf")}).check()
+
+
+@pytest.mark.parametrize("command", [["train", "--dataset", "synthetic"], ["gradcheck", "seed-cnn"]])
+def test_a_negative_seed_is_a_usage_error_naming_the_option(command):
+    result = invoke(*command, "--seed", "-1")
+    assert one_line_error(result) == "Error: Invalid value for '--seed': -1 is not in the range x>=0."
+    assert result.exit_code == 2
 
 
 def test_info(tmp_path):
