@@ -177,7 +177,8 @@ def cnnx():
 @click.option("--schedule", type=click.Choice(list(run.SCHEDULES)), default=DEFAULTS.schedule,
               show_default=True, help="Learning-rate schedule (step: /10 after each third).")
 @click.option("--warmup", type=FiniteFloatRange(min=0), default=DEFAULTS.warmup,
-              show_default=True, help="Epochs of linear learning-rate warm-up.")
+              show_default=True, help="Epochs of linear learning-rate warm-up, fewer than "
+              "--epochs (a recipe's is shortened to half a shorter run).")
 @click.option("--flip", type=FiniteFloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
               help="Augmentation: probability of a horizontal flip.")
 @click.option("--shift", type=click.IntRange(min=0), default=DEFAULTS.shift, show_default=True,
@@ -210,6 +211,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
         raise click.BadParameter("--out and --resume name different directories", param_hint="--out")
     options = {k: v for k, v in options.items()
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if not resume:  # a resumed run keeps its saved warm-up
+        options = run.shorten_recipe_warmup(options)
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),

@@ -74,6 +74,9 @@ class TrainConfig:
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.warmup < math.inf, f"--warmup must be a finite number >= 0, got {self.warmup}"),
+            (self.warmup == 0 or self.warmup < self.epochs,
+             f"--warmup {self.warmup:g} epochs is not shorter than the run's {self.epochs}: give "
+             "a --warmup below --epochs (or more --epochs)"),
             (0 <= self.flip <= 1 and self.shift >= 0, "--flip must be in [0, 1], --shift >= 0"),
             (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
@@ -192,6 +195,20 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     return TrainConfig(**merged).check()
+
+
+def shorten_recipe_warmup(options: dict) -> dict:
+    """``options`` for a new run, with the model recipe's warm-up, when --warmup is not given,
+    shortened to half a run that --epochs makes shorter than twice it (fmnist-bn's one-epoch
+    warm-up with --epochs 1), so that the saved config says what is used. A --warmup given
+    is never changed: TrainConfig.check refuses one that is not shorter than the run."""
+    recipe = models.recipe(options.get("model", TrainConfig.model))
+    if "warmup" in options or "warmup" not in recipe:
+        return options
+    epochs = options.get("epochs", recipe.get("epochs", TrainConfig.epochs))
+    if recipe["warmup"] <= epochs / 2:
+        return options
+    return {**options, "warmup": epochs / 2}
 
 
 def default_out() -> Path:

@@ -76,6 +76,21 @@ def test_model_recipe_fills_options_not_given(tiny, tmp_path):
     assert config["epochs"] == 1 and config["lr"] == 0.004  # given
     assert config["optimizer"] == recipe["optimizer"] and config["schedule"] == recipe["schedule"]
     assert config["batch_size"] == recipe["batch_size"]
+    # the recipe's one-epoch warm-up, shortened to half this one-epoch run, is what is saved
+    assert recipe["warmup"] == 1 and config["warmup"] == 0.5
+
+
+def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
+    assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
+                     "below --epochs (or more --epochs)")
+    assert not (tmp_path / "o").exists()
+    # 1.5 epochs of warm-up in a 2-epoch run: no longer cut to 1 (half the run)
+    result = invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 1.5))
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["lr"] == pytest.approx(0.02 * (14 / 15 + 1e-3) / 1.5)  # its last step's rate
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["config"]["warmup"] == 1.5
 
 
 def test_evaluate(run_dir):
