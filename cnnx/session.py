@@ -221,6 +221,7 @@ def make_schedule(cfg):
     if cfg.schedule == "cosine":
         return SCHEDULES["cosine"](cfg.lr, total_epochs=cfg.epochs, warmup_epochs=warmup)
     if cfg.schedule == "step":
-        return SCHEDULES["step"](cfg.lr, step_epochs=max(1.0, cfg.epochs / 3),
+        # progress counts fractional epochs, so a third of a 1- or 2-epoch run is a step too
+        return SCHEDULES["step"](cfg.lr, step_epochs=cfg.epochs / 3,
                                  warmup_epochs=warmup)
     return SCHEDULES["constant"](cfg.lr, warmup_epochs=warmup)

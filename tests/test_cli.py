@@ -80,6 +80,14 @@ def test_model_recipe_fills_options_not_given(tiny, tmp_path):
     assert recipe["warmup"] == 1 and config["warmup"] == 0.5
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
+def test_the_step_schedule_divides_the_rate_by_10_after_each_third_of_the_run(epochs):
+    from cnnx import run, session
+    schedule = session.make_schedule(run.TrainConfig(epochs=epochs, schedule="step", lr=1.0))
+    thirds = [schedule(epochs * fraction) for fraction in (0.3, 0.34, 0.66, 0.67, 0.999)]
+    assert thirds == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
+
+
 def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
     error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
     assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
