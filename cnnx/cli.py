@@ -184,7 +184,8 @@ def cnnx():
 @click.option("--shift", type=click.IntRange(min=0), default=DEFAULTS.shift, show_default=True,
               help="Augmentation: random shifts of up to this many pixels.")
 @click.option("--patience", type=click.IntRange(min=1),
-              help="Stop after this many epochs without a better validation loss.")
+              help="Stop after this many epochs without a better validation loss (needs a "
+              "validation set; --val-split 0 turns a recipe's off).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,
               show_default=True, help="Also checkpoint every N steps (0: at epoch ends only).")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -213,6 +214,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     if not resume:  # a resumed run keeps its saved warm-up
         options = run.shorten_recipe_warmup(options)
+    if not resume and options.get("val_split") == 0 and "patience" not in options:
+        options["patience"] = None  # no validation set: a recipe's early stopping goes too
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),

@@ -122,6 +122,14 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
     if ds.x_val is None:
         fraction = DEFAULT_VAL_SPLIT if cfg.val_split is None else cfg.val_split
         xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, fraction, cfg.seed)
+        if fraction and not len(yv):  # a fraction of too few images rounds to none
+            rounds = (f"{fraction:g} of {len(ds.y_train)} training images rounds to no "
+                      "validation images")
+            if cfg.val_split is not None:
+                raise ValueError(f"--val-split {fraction:g}: {rounds}; give a larger --val-split, "
+                                 "or 0 for no validation set")
+            if log:
+                log(f"no validation set: {rounds}")
     elif cfg.val_split is not None:  # two validation sets: which one was meant?
         own = "its val/ folder" if data.is_picture_directory(cfg.dataset) else "x_val, y_val"
         raise ValueError(f"--val-split {cfg.val_split}: {cfg.dataset} has a validation set of "
@@ -131,6 +139,9 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
     mean, std = data.channel_stats(xt)
     norm = lambda x: data.standardize(x, mean, std)  # noqa: E731
     val = (norm(xv), yv) if len(yv) else None
+    if val is None and cfg.patience is not None:  # fit would never stop early, without a word
+        raise ValueError(f"--patience {cfg.patience} stops on the validation loss: it needs a "
+                         "validation set (--val-split > 0, or a dataset with one of its own)")
     return Prepared(ds, (norm(xt), yt), val, (norm(ds.x_test), ds.y_test),
                     {"mean": mean.tolist(), "std": std.tolist()})
 

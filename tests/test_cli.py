@@ -88,6 +88,41 @@ def test_the_step_schedule_divides_the_rate_by_10_after_each_third_of_the_run(ep
     assert thirds == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
 
 
+def small_npz(path, n_train=64, n_test=32, labels=3):
+    """12x12 images in ``labels`` classes: seed-cnn and fmnist-small train on them in a blink."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 12, 12), dtype=np.uint8),
+             y_train=np.arange(n_train) % labels,
+             x_test=rng.integers(0, 256, (n_test, 12, 12), dtype=np.uint8),
+             y_test=np.arange(n_test) % labels)
+    return path
+
+
+def test_patience_needs_a_validation_set(tmp_path):
+    small = small_npz(tmp_path / "small.npz")
+
+    def train(dataset, model, out, *extra):
+        return invoke("train", "--dataset", dataset, "--model", model, "--device", "cpu",
+                      "--epochs", 1, "--out", out, *extra)
+
+    assert one_line_error(train(small, "seed-cnn", tmp_path / "o", "--val-split", 0, "--patience", 1)) == (
+        "Error: --patience 1 stops on the validation loss: it needs a validation set "
+        "(--val-split > 0, or a dataset with one of its own)")
+    # a fraction that rounds to no image is no validation set either
+    assert one_line_error(train(small, "seed-cnn", tmp_path / "o", "--val-split", 0.001)) == (
+        "Error: --val-split 0.001: 0.001 of 64 training images rounds to no validation images; "
+        "give a larger --val-split, or 0 for no validation set")
+    assert not (tmp_path / "o").exists()
+    # --val-split 0 turns off a recipe's early stopping (there is no --patience to give instead)
+    result = train(small, "fmnist-small", tmp_path / "o", "--val-split", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["config"]["patience"] is None
+    # the default fraction of too few images: said, not an error
+    result = train(small_npz(tmp_path / "four.npz", n_train=4), "seed-cnn", tmp_path / "four")
+    assert result.exit_code == 0, result.output
+    assert "no validation set: 0.1 of 4 training images rounds to no validation images" in result.stderr
+
+
 def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
     error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
     assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
