@@ -216,6 +216,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
         options = run.shorten_recipe_warmup(options)
     if not resume and options.get("val_split") == 0 and "patience" not in options:
         options["patience"] = None  # no validation set: a recipe's early stopping goes too
+    if resume:  # before run.train, which would train nothing and rewrite result.json
+        run.check_epochs_left(resume, options)
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),

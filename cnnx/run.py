@@ -31,7 +31,7 @@ from .layers.base import DTYPES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .session import OWN, Session, test_source, validation_source
-from .train import TrainingDiverged
+from .train import TrainingDiverged, stop_early
 
 DEFAULT_VAL_SPLIT = 0.1  # of train held out for validation when a dataset has no val set
 
@@ -220,6 +220,22 @@ def shorten_recipe_warmup(options: dict) -> dict:
     if recipe["warmup"] <= epochs / 2:
         return options
     return {**options, "warmup": epochs / 2}
+
+
+def check_epochs_left(out, options: dict) -> None:
+    """Before resuming the run in ``out``: ValueError unless it has epochs left to train, with
+    the ``options`` given (--epochs, --patience) over its saved ones. A run that trained all
+    its epochs, or stopped early, would train nothing and still rewrite result.json."""
+    ck = checkpoint.load(Path(out) / "checkpoint.npz")
+    saved = ck.header.get("config") or {}
+    epochs = options.get("epochs", saved.get("epochs", TrainConfig.epochs))
+    if ck.epoch >= epochs:
+        raise ValueError(f"{out} already trained {ck.epoch} epoch{'s' if ck.epoch != 1 else ''}: "
+                         f"give --epochs above {ck.epoch} to train on")
+    patience = options.get("patience", saved.get("patience"))
+    if not ck.step and stop_early([r.get("val_loss") for r in ck.metrics], patience):
+        raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {patience}): give a "
+                         "larger --patience to go on")
 
 
 def default_out() -> Path:

@@ -441,7 +441,8 @@ def test_bad_model_file_is_one_line(tiny, tmp_path, content, message):
 
 def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tmp_path):
     out, _ = run_dir
-    error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu"))
+    error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu",
+                                  "--epochs", 3))
     assert "saved from another model" in error
     bad = tmp_path / "bad.npz"
     bad.write_bytes((out / "checkpoint.npz").read_bytes()[:5000])
