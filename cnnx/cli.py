@@ -208,7 +208,7 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
     Options not given take the model's training recipe where it has one (fmnist-small,
     fmnist-bn), else the defaults shown; with --resume, the run's saved settings.
     """
-    if resume and out and out != resume:
+    if resume and out and Path(out).resolve() != Path(resume).resolve():  # X and X/ are one
         raise click.BadParameter("--out and --resume name different directories", param_hint="--out")
     options = {k: v for k, v in options.items()
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}

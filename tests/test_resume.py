@@ -201,6 +201,16 @@ def test_a_run_that_stopped_early_is_not_resumed_without_more_patience(tmp_path)
     assert checkpoint.load(out).epoch == stopped + 1
 
 
+def test_resume_with_out_naming_the_same_directory(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--resume", "run", "--out", f"{out}/", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert "--out and --resume name different directories" in one_line_error(
+        invoke("train", "--resume", "run", "--out", "elsewhere", "--epochs", 3))
+
+
 def test_resume_refuses_another_dtype(tiny, tmp_path):
     out = tmp_path / "run"
     assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
