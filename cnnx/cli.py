@@ -25,6 +25,8 @@ DEFAULTS = run.TrainConfig()
 USER_ERRORS = (ValueError, DeviceError, OSError)  # CheckpointError, DatasetNotFound: ValueErrors
 INPUT_SHAPE_HELP = ("C,H,W: the images to size a preset for (default 1,28,28), or the input of a "
                     "JSON model without one.")
+DATA_DIR_HELP = ("Where to look first for fashion-mnist, mnist or cifar10 (an .npz or a "
+                 "directory of pictures is named by its path in --dataset).")
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
@@ -148,7 +150,7 @@ def cnnx():
                    ".tif; optionally DIR/val/<class>/), or DIR/<class>/ alone, of which "
                    "20% of each class is held out for testing.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
-              help="Directory holding the dataset files (searched first).")
+              help=DATA_DIR_HELP)
 @click.option("--image-size", callback=_image_size, metavar="H,W",
               help="Resize every picture of a --dataset directory to H,W pixels (one number for "
                    "squares).  [default: the pictures must have one size]")
@@ -240,7 +242,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
 @click.option("--dataset", help="Dataset whose test split to evaluate on (an .npz needs only "
               "x_test and y_test, a directory of pictures only test/<class>/)  "
               "[default: the checkpoint's]")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help=DATA_DIR_HELP + "  [default: the checkpoint's]")
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @json_option

@@ -486,6 +486,15 @@ def test_sizes_beyond_the_memory_are_one_line(tmp_path, monkeypatch):
         "large?)")
 
 
+def test_data_dir_with_a_dataset_given_by_its_path_is_one_line(run_dir, tiny, tmp_path):
+    message = "Error: --data-dir is where fashion-mnist, mnist and cifar10 are looked for; give"
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--data-dir", tmp_path)))
+    assert error.startswith(message) and not (tmp_path / "o").exists()
+    out, _ = run_dir
+    for dataset in ([], ["--dataset", tiny]):  # the checkpoint's .npz, or one given
+        assert one_line_error(invoke("evaluate", out, *dataset, "--data-dir", tmp_path)).startswith(message)
+
+
 def test_debug_shows_the_traceback():
     result = invoke("train", "--model", "resnet9000", "--dataset", "synthetic", "--debug")
     assert result.exit_code != 0 and isinstance(result.exception, ValueError)

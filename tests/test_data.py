@@ -103,6 +103,18 @@ def test_data_dir_may_hold_the_files_directly_and_uncompressed(tmp_path):
     assert ds.x_test.shape == (10, 1, 28, 28) and np.array_equal(ds.y_test, arrays["y_test"])
 
 
+def test_data_dir_is_only_for_the_known_datasets(tmp_path):
+    """It would be ignored, without a word, for an .npz, a directory or synthetic."""
+    np.savez(tmp_path / "d.npz", **tiny_arrays())
+    for name in (str(tmp_path / "d.npz"), str(tmp_path)):
+        with pytest.raises(ValueError, match=r"^--data-dir is where fashion-mnist, mnist and cifar10 "
+                                             r"are looked for; give the \.npz's \(or the picture "
+                                             r"directory's\) path in --dataset and leave out --data-dir$"):
+            data.load_dataset(name, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="synthetic is generated: leave out --data-dir"):
+        data.load_dataset("synthetic", data_dir=tmp_path)
+
+
 def test_corrupt_file_in_lookup_is_reported(tmp_path):
     write_mnist_dir(tmp_path)
     path = tmp_path / IDX_NAMES["x_test"]
