@@ -211,6 +211,12 @@ def test_summary_and_json_model(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(spec))
     result = invoke("summary", tmp_path / "m.json", "--input-shape", "1,28,28")
     assert result.exit_code == 0 and "(8, 26, 26)" in result.stdout
+    # --input-shape is for a JSON model without one of its own
+    (tmp_path / "own.json").write_text(json.dumps({"input_shape": [1, 28, 28], "layers": spec}))
+    assert invoke("summary", tmp_path / "own.json", "--input-shape", "1,28,28").exit_code == 0
+    assert one_line_error(invoke("summary", tmp_path / "own.json", "--input-shape", "1,12,12")) == (
+        f"Error: model file {tmp_path / 'own.json'} is written for input [1, 28, 28] (its "
+        "input_shape), not [1, 12, 12]: a JSON model is taken as written")
 
 
 def test_gradcheck_exit_status():
@@ -424,6 +430,10 @@ BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
     ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 1e400, "out_features": 3}]',
      r"layer 1: Dense: in_features must be a whole number, got inf$"),
     ('[{"type": "Dropout", "p": "half"}]', r"layer 0: Dropout: p must be a finite number, got 'half'$"),
+    ('{"input_shape": [1, 12, 12], "layers": [{"type": "GlobalAvgPool2D"}, '
+     '{"type": "Dense", "in_features": 1, "out_features": 10}]}',
+     r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): model file \S+ is written for "
+     r"input \[1, 12, 12\] \(its input_shape\), not \[1, 28, 28\]: a JSON model is taken as written$"),
     ('[{"type": "Conv2D", "in_channels": 3, "out_channels": 2, "kernel_size": 3}, {"type": "Flatten"}]',
      r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): layer 0"),
 ]
