@@ -216,6 +216,14 @@ def load(path) -> Checkpoint:
 
 
 def _read_arrays(path: Path) -> dict:
+    from .data.formats import numpy_file_kind
+
+    try:
+        kind = numpy_file_kind(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
+    if kind != "npz":  # a picture or a dataset's .npy given as the checkpoint
+        raise CheckpointError(f"{path}: not a cnnx checkpoint (not an .npz file)")
     try:
         npz = np.load(path, allow_pickle=False)
         if not hasattr(npz, "files"):

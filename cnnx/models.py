@@ -167,6 +167,8 @@ def _from_json(path: str, dtype: str, seed: int, input_shape):
         raise ModelSpecError(f"cannot read model file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ModelSpecError(f"model file {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # a ValueError: "does not fit the images" would be said of it
+        raise ModelSpecError(f"model file {path} is not UTF-8 text, as JSON must be") from None
     if isinstance(data, dict):
         own = data.get("input_shape")
         if own is not None and input_shape is not None and own != list(input_shape):

@@ -65,6 +65,11 @@ def read_images(path, shape) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
+        kind = data.formats.numpy_file_kind(path)
+        if kind != "npy":  # np.load would suggest allow_pickle, or return an .npz's archive
+            raise ValueError(f"{path}: not a .npy file"
+                             + (" (an .npz archive: save one array with numpy.save)"
+                                if kind == "npz" else ""))
         try:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:

@@ -469,6 +469,17 @@ def test_bad_predict_summary_gradcheck_input(run_dir, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
     assert "does not fit the model input" in one_line_error(invoke("predict", out, tmp_path / "wrong.npy"))
     assert "no such file" in one_line_error(invoke("predict", out, tmp_path / "absent.npy"))
+    (tmp_path / "text.npy").write_text("xxxx")  # not NumPy's advice to allow_pickle
+    assert one_line_error(invoke("predict", out, tmp_path / "text.npy")) == (
+        f"Error: {tmp_path / 'text.npy'}: not a .npy file")
+    with open(tmp_path / "archive.npy", "wb") as f:  # np.load would return the archive
+        np.savez(f, x=np.zeros((28, 28)))
+    assert one_line_error(invoke("predict", out, tmp_path / "archive.npy")) == (
+        f"Error: {tmp_path / 'archive.npy'}: not a .npy file (an .npz archive: save one array "
+        "with numpy.save)")
+    (tmp_path / "utf16.json").write_bytes(b"\xff\xfe[")
+    assert one_line_error(invoke("summary", tmp_path / "utf16.json")) == (
+        f"Error: model file {tmp_path / 'utf16.json'} is not UTF-8 text, as JSON must be")
     (tmp_path / "x.txt").write_text("hi")
     assert "unsupported file type" in one_line_error(invoke("predict", out, tmp_path / "x.txt"))
     assert "unknown model" in one_line_error(invoke("summary", "nope"))

@@ -340,6 +340,9 @@ def test_npz_never_unpickles_and_rejects_corrupt_files(tmp_path):
         data.load_dataset(str(tmp_path / "cut.npz"))
     with pytest.raises(ValueError, match="does not exist"):
         data.load_dataset(str(tmp_path / "absent.npz"))
+    (tmp_path / "text.npz").write_text("hello")  # not NumPy's advice to allow_pickle
+    with pytest.raises(ValueError, match=r"text\.npz: not an \.npz file \(nor a \.npy\)$"):
+        data.load_dataset(str(tmp_path / "text.npz"))
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         data.load_dataset("imagenet")
 

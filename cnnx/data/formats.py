@@ -211,9 +211,33 @@ def _check_label_range(arrays: dict, path) -> None:
                              "examples in all: labels must number the classes 0..K-1")
 
 
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (an empty one: its end)
+
+
+def numpy_file_kind(path) -> str | None:
+    """"npz" or "npy" by the first bytes of the file at ``path``, None for anything else: for
+    that, np.load(allow_pickle=False) says the file "contains pickled (object) data" and
+    suggests allow_pickle=True, misleading for a text file or a picture."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head.startswith(ZIP_MAGICS):
+        return "npz"
+    return "npy" if head == NPY_MAGIC else None
+
+
+NOT_NUMPY = "not an .npz file (nor a .npy)"  # for messages
+
+
 def _load_npz(path, wanted) -> tuple[dict, list]:
     """The arrays named in ``wanted`` that the archive holds (never unpickling anything),
     and the names of all its arrays."""
+    try:
+        kind = numpy_file_kind(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable ({exc.strerror})") from None
+    if kind is None:
+        raise ValueError(f"{path}: {NOT_NUMPY}")
     try:
         npz = np.load(path, allow_pickle=False)
         if not hasattr(npz, "files"):
