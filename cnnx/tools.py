@@ -113,6 +113,8 @@ def _to_batch(x: np.ndarray, shape, path) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     else:
         raise ValueError(f"{path}: image shape {x.shape} does not fit the model input {tuple(shape)}")
+    if len(x) == 0:  # a batch of none: nothing to predict
+        raise ValueError(f"{path}: holds no images")
     return data.formats.to_nchw_float(np.ascontiguousarray(x), path)
 
 

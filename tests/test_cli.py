@@ -469,6 +469,9 @@ def test_bad_predict_summary_gradcheck_input(run_dir, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
     assert "does not fit the model input" in one_line_error(invoke("predict", out, tmp_path / "wrong.npy"))
     assert "no such file" in one_line_error(invoke("predict", out, tmp_path / "absent.npy"))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    assert one_line_error(invoke("predict", out, tmp_path / "empty.npy")) == (
+        f"Error: {tmp_path / 'empty.npy'}: holds no images")
     (tmp_path / "text.npy").write_text("xxxx")  # not NumPy's advice to allow_pickle
     assert one_line_error(invoke("predict", out, tmp_path / "text.npy")) == (
         f"Error: {tmp_path / 'text.npy'}: not a .npy file")

@@ -312,6 +312,8 @@ def test_npz_validation_set_of_its_own_is_read_only_when_present_and_asked_for(t
      "classes 0..K-1"),
     ({"x_train": np.full((20, 28, 28), 2.0)}, "finite and lie in \\[0, 1\\]"),
     ({"x_train": np.zeros((20, 5), np.uint8)}, "expected images"),
+    ({"x_test": np.zeros((0, 1, 28, 28), np.uint8), "y_test": np.zeros(0, np.int64)},
+     r"x_test holds no images$"),
     ({"x_test": np.zeros((10, 9, 9), np.uint8)}, "differ in shape"),
 ])
 def test_npz_content_checks(tmp_path, change, message):

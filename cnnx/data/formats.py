@@ -253,9 +253,11 @@ def _images_to_nchw(x: np.ndarray, where) -> np.ndarray:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 2, 3, 4) and x.shape[3] in (1, 2, 3, 4):
         x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4) or len(x) == 0:
+    if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4):
         raise ValueError(f"{where}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
                          f"got shape {x.shape}")
+    if len(x) == 0:
+        raise ValueError(f"{where} holds no images")
     return np.ascontiguousarray(to_nchw_float(x, where))
 
 
