@@ -77,6 +77,20 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _json(value) -> str:
+    """``value`` as JSON, NaN and infinity written null: json.dumps writes them NaN and
+    Infinity, which no JSON reader takes."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), indent=2, allow_nan=False)
+
+
 def _log(text: str) -> None:
     click.echo(text, err=True)
 
@@ -258,7 +272,7 @@ def evaluate(checkpoint, dataset, data_dir, device, batch_size, as_json):
     """
     r = tools.evaluate_checkpoint(checkpoint, dataset, data_dir, device, batch_size, log=_log)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(_json(r))
         return
     held_out = f" ({r['test_source']})" if r["test_source"] else ""
     click.echo(f"{r['dataset']} test set{held_out}, {r['images']} images, on {r['device']}: "
@@ -286,7 +300,7 @@ def predict(checkpoint, files, top_k, device, as_json):
     """
     results = tools.predict_files(checkpoint, files, top_k, device, log=_log)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(_json(results))
         return
     images_in = collections.Counter(r["file"] for r in results)
     for r in results:
@@ -351,7 +365,7 @@ def info(as_json):
     """
     env = report.environment()
     if as_json:
-        click.echo(json.dumps(env, indent=2))
+        click.echo(_json(env))
         return
     for key, value in env.items():
         if key != "datasets":

@@ -148,6 +148,20 @@ def test_evaluate(run_dir):
     assert np.array(report["confusion_matrix"]).sum() == 200
 
 
+def test_evaluate_json_writes_a_nan_as_null(run_dir, monkeypatch):
+    """json.dumps writes NaN, which is not JSON: no reader would take the report."""
+    out, _ = run_dir
+    real = cnnx.tools.evaluate_checkpoint
+    monkeypatch.setattr(cnnx.tools, "evaluate_checkpoint",
+                        lambda *args, **kwargs: {**real(*args, **kwargs), "loss": float("nan")})
+    result = invoke("evaluate", out, "--json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+    assert json.loads(result.stdout, parse_constant=refuse)["loss"] is None
+
+
 def test_evaluate_on_a_test_set_alone(run_dir, tiny, tmp_path):
     """evaluate reads only the test split, so an .npz of test images alone will do."""
     out, _ = run_dir
