@@ -287,6 +287,21 @@ def test_info(tmp_path):
         assert env["cuda"].startswith("not available: ") and "kernels" not in env
 
 
+def test_a_bad_cnnx_cpu_threads_is_one_line(monkeypatch):
+    """Read where first used, not at import: an import-time error would be a traceback."""
+    from cnnx.backends import cpu_threads
+    monkeypatch.setattr(cpu_threads, "WORKERS", None)  # not read yet
+    monkeypatch.setenv("CNNX_CPU_THREADS", "abc")
+    assert one_line_error(invoke("info")) == (
+        "Error: CNNX_CPU_THREADS='abc': the number of CPU threads cnnx uses must be a whole "
+        "number (unset or 0: the usable cores, at most 8)")
+    monkeypatch.setenv("CNNX_CPU_THREADS", "1")
+    assert "cores, 1 threads)" in invoke("info").stdout
+    done = run_cnnx("info", env={"CNNX_CPU_THREADS": "abc"})  # a process of its own: no traceback
+    assert done.returncode == 1 and done.stderr.startswith("Error: CNNX_CPU_THREADS='abc'")
+    assert done.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize("j_train, j_cv, verdict", [
     (1.0, 1.05, "high bias (underfitting)"),       # J_train high, J_cv ≈ J_train
     (0.05, 0.40, "high variance (overfitting)"),   # J_cv ≫ J_train
