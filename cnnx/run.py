@@ -119,6 +119,9 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
         raise ValueError(f"--image-size resizes a directory of pictures; {cfg.dataset} images "
                          "come in one size already")
     ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log, image_size=cfg.image_size)
+    if len(np.unique(ds.y_train)) < 2:  # it would learn that class: "accuracy 1.0, good fit"
+        raise ValueError(f"the training labels of {ds.source} hold one class only "
+                         f"({ds.y_train[0]}): a classifier needs two or more")
     if ds.x_val is None:
         fraction = DEFAULT_VAL_SPLIT if cfg.val_split is None else cfg.val_split
         xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, fraction, cfg.seed)

@@ -123,6 +123,16 @@ def test_patience_needs_a_validation_set(tmp_path):
     assert "no validation set: 0.1 of 4 training images rounds to no validation images" in result.stderr
 
 
+def test_one_class_is_no_classification(tmp_path):
+    """It trained, and reported "test accuracy 1.0000 ... good fit"."""
+    small = small_npz(tmp_path / "one.npz", labels=1)
+    error = one_line_error(invoke("train", "--dataset", small, "--model", "seed-cnn", "--device",
+                                  "cpu", "--epochs", 1, "--out", tmp_path / "o"))
+    assert error == (f"Error: the training labels of {small} hold one class only (0): a "
+                     "classifier needs two or more")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
     error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
     assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
