@@ -73,7 +73,8 @@ class TrainConfig:
              f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.warmup < math.inf, f"--warmup must be a finite number >= 0, got {self.warmup}"),
+            (0 <= self.warmup < math.inf,
+             f"--warmup must be a finite number >= 0, got {self.warmup}"),
             (self.warmup == 0 or self.warmup < self.epochs,
              f"--warmup {self.warmup:g} epochs is not shorter than the run's {self.epochs}: give "
              "a --warmup below --epochs (or more --epochs)"),

@@ -63,10 +63,10 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     the dataset has a validation set of its own (an ``.npz``'s ``x_val`` and ``y_val``, a
     directory's ``val/``); ``x_val`` and ``y_val`` are None otherwise. ``log`` (a callable
     taking one string) hears about downloads. ``data_dir``: where to look first for a known
-    dataset (``sources.search_dirs``); a ValueError for any other. For a directory of pictures only: ``classes``,
-    the class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
-    ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3.
-    Raises DatasetNotFound or ValueError with a one-line message for missing, corrupt or
+    dataset (``sources.search_dirs``); a ValueError for any other. For a directory of pictures
+    only: ``classes``, the class names to label them by (e.g. a checkpoint's) instead of
+    train/'s folders; ``image_size`` = (height, width), to resize every picture to;
+    ``channels``, 1 or 3. Raises DatasetNotFound or ValueError with a one-line message for missing, corrupt or
     malformed data.
     """
     splits = tuple(splits)

@@ -63,8 +63,8 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
             try:
                 img = img.convert(mode)
             except ValueError as exc:  # e.g. a LAB or CMYK-with-extras TIFF; Pillow names no file
-                raise ValueError(f"{path}: cannot convert its {img.mode} pixels to {mode} ({exc}); "
-                                 "save it as an RGB or grayscale picture") from None
+                raise ValueError(f"{path}: cannot convert its {img.mode} pixels to {mode} "
+                                 f"({exc}); save it as an RGB or grayscale picture") from None
             if size is not None and img.size != tuple(size):
                 img = img.resize(tuple(size))
             return np.asarray(img, dtype=np.uint8)
