@@ -133,6 +133,17 @@ def test_one_class_is_no_classification(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_last_batch_batch_norm_cannot_take_is_refused_before_training(tmp_path):
+    """fmnist-bn on 58 training images in batches of 57 failed at the end of epoch 1."""
+    small = small_npz(tmp_path / "small.npz")  # 64 images: 58 train, 6 validation
+    error = one_line_error(invoke("train", "--dataset", small, "--model", "fmnist-bn", "--device",
+                                  "cpu", "--batch-size", 57, "--out", tmp_path / "o"))
+    assert error == ("Error: the last batch would hold one example (58 training examples in "
+                     "batches of 57), which batch norm cannot normalise: choose another "
+                     "--batch-size (e.g. 58)")
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
     error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
     assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
