@@ -209,6 +209,10 @@ def load(path) -> Checkpoint:
            if v.dtype.kind == "f" and v.dtype != np.dtype(header["dtype"])]  # not counters
     if bad:
         raise CheckpointError(f"{path}: weight {bad[0]} is not {header['dtype']} as the header says")
+    for name, value in model_state.items():  # save() is never given them: training refuses
+        if value.dtype.kind == "f" and not np.isfinite(value).all():  # to save a diverged run
+            raise CheckpointError(f"{path}: weight {name} holds NaN or inf, so the model "
+                                  "computes nothing usable; use a checkpoint from before")
     optimizer = None
     if "optimizer" in header:
         optimizer = _merge_arrays(header["optimizer"], "optimizer", arrays)
@@ -216,6 +220,14 @@ def load(path) -> Checkpoint:
 
 
 def _read_arrays(path: Path) -> dict:
+    from .data.formats import numpy_file_kind
+
+    try:
+        kind = numpy_file_kind(path)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: unreadable ({exc.strerror})") from None
+    if kind != "npz":  # a picture or a dataset's .npy given as the checkpoint
+        raise CheckpointError(f"{path}: not a cnnx checkpoint (not an .npz file)")
     try:
         npz = np.load(path, allow_pickle=False)
         if not hasattr(npz, "files"):

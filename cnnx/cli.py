@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import re
 import sys
@@ -24,6 +25,8 @@ DEFAULTS = run.TrainConfig()
 USER_ERRORS = (ValueError, DeviceError, OSError)  # CheckpointError, DatasetNotFound: ValueErrors
 INPUT_SHAPE_HELP = ("C,H,W: the images to size a preset for (default 1,28,28), or the input of a "
                     "JSON model without one.")
+DATA_DIR_HELP = ("Where to look first for fashion-mnist, mnist or cifar10 (an .npz or a "
+                 "directory of pictures is named by its path in --dataset).")
 NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
@@ -49,6 +52,14 @@ class CnnxGroup(click.Group):
             if debug:
                 raise
             _fail(str(exc), 1)
+        except (MemoryError, OverflowError) as exc:
+            # sizes come from the user: a model file's layer of 3e11 outputs, an --input-shape
+            # of 100000x100000 pixels, a label of 2**40 (one output per class) -- NumPy's
+            # "Unable to allocate 512. TiB ..." says how much, this says why
+            if debug:
+                raise
+            what = "not enough memory" if isinstance(exc, MemoryError) else "a number too large"
+            _fail(f"{what}: {exc or 'an allocation failed'} (a layer or input too large?)", 1)
         except (click.Abort, KeyboardInterrupt):
             _fail("interrupted", 130)
         code = code if isinstance(code, int) else 0
@@ -66,8 +77,34 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _json(value) -> str:
+    """``value`` as JSON, NaN and infinity written null: json.dumps writes them NaN and
+    Infinity, which no JSON reader takes."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), indent=2, allow_nan=False)
+
+
 def _log(text: str) -> None:
     click.echo(text, err=True)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange, refusing NaN and infinity: it takes them (NaN fails no comparison
+    with a bound), and --lr inf or --warmup inf would surface later, as a diverged run or as a
+    rate that never warms up."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number.", param, ctx)
+        return number
 
 
 def _device(ctx, param, value):
@@ -127,7 +164,7 @@ def cnnx():
                    ".tif; optionally DIR/val/<class>/), or DIR/<class>/ alone, of which "
                    "about 20% of each class is held out for testing.")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
-              help="Directory holding the dataset files (searched first).")
+              help=DATA_DIR_HELP)
 @click.option("--image-size", callback=_image_size, metavar="H,W",
               help="Resize every picture of a --dataset directory to H,W pixels (one number for "
                    "squares).  [default: the pictures must have one size]")
@@ -137,32 +174,34 @@ def cnnx():
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=DEFAULTS.batch_size,
               show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=DEFAULTS.lr,
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=DEFAULTS.lr,
               show_default=True, help="Learning rate.")
 @click.option("--optimizer", type=click.Choice(list(run.OPTIMIZERS)), default=DEFAULTS.optimizer,
               show_default=True)
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=DEFAULTS.momentum,
+@click.option("--momentum", type=FiniteFloatRange(0, 1, max_open=True), default=DEFAULTS.momentum,
               show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=DEFAULTS.weight_decay,
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), default=DEFAULTS.weight_decay,
               show_default=True, help="L2 penalty λ.")
-@click.option("--val-split", type=click.FloatRange(0, 1, max_open=True),
+@click.option("--val-split", type=FiniteFloatRange(0, 1, max_open=True),
               help="Fraction of the training set held out for validation.  [default: "
                    f"{run.DEFAULT_VAL_SPLIT}, none when the dataset has its own validation set]")
-@click.option("--seed", type=int, default=DEFAULTS.seed, show_default=True,
+@click.option("--seed", type=click.IntRange(min=0), default=DEFAULTS.seed, show_default=True,
               help="Seeds all randomness: weights, validation split, shuffling, dropout, "
               "augmentation.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=DEFAULTS.dtype,
               show_default=True)
 @click.option("--schedule", type=click.Choice(list(run.SCHEDULES)), default=DEFAULTS.schedule,
               show_default=True, help="Learning-rate schedule (step: /10 after each third).")
-@click.option("--warmup", type=click.FloatRange(min=0), default=DEFAULTS.warmup,
-              show_default=True, help="Epochs of linear learning-rate warm-up.")
-@click.option("--flip", type=click.FloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
+@click.option("--warmup", type=FiniteFloatRange(min=0), default=DEFAULTS.warmup,
+              show_default=True, help="Epochs of linear learning-rate warm-up, fewer than "
+              "--epochs (a recipe's is shortened to half a shorter run).")
+@click.option("--flip", type=FiniteFloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
               help="Augmentation: probability of a horizontal flip.")
 @click.option("--shift", type=click.IntRange(min=0), default=DEFAULTS.shift, show_default=True,
               help="Augmentation: random shifts of up to this many pixels.")
 @click.option("--patience", type=click.IntRange(min=1),
-              help="Stop after this many epochs without a better validation loss.")
+              help="Stop after this many epochs without a better validation loss (needs a "
+              "validation set; --val-split 0 turns a recipe's off).")
 @click.option("--checkpoint-every", type=click.IntRange(min=0), default=DEFAULTS.checkpoint_every,
               show_default=True, help="Also checkpoint every N steps (0: at epoch ends only).")
 @click.option("--out", type=click.Path(file_okay=False),
@@ -185,10 +224,16 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
     Options not given take the model's training recipe where it has one (fmnist-small,
     fmnist-bn), else the defaults shown; with --resume, the run's saved settings.
     """
-    if resume and out and out != resume:
+    if resume and out and Path(out).resolve() != Path(resume).resolve():  # X and X/ are one
         raise click.BadParameter("--out and --resume name different directories", param_hint="--out")
     options = {k: v for k, v in options.items()
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
+    if not resume:  # a resumed run keeps its saved warm-up
+        options = run.shorten_recipe_warmup(options)
+    if not resume and options.get("val_split") == 0 and "patience" not in options:
+        options["patience"] = None  # no validation set: a recipe's early stopping goes too
+    if resume:  # before run.train, which would train nothing and rewrite result.json
+        run.check_epochs_left(resume, options)
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),
@@ -211,7 +256,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
 @click.option("--dataset", help="Dataset whose test split to evaluate on (an .npz needs only "
               "x_test and y_test, a directory of pictures only test/<class>/)  "
               "[default: the checkpoint's]")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
+              help=DATA_DIR_HELP + "  [default: the checkpoint's]")
 @device_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @json_option
@@ -226,7 +272,7 @@ def evaluate(checkpoint, dataset, data_dir, device, batch_size, as_json):
     """
     r = tools.evaluate_checkpoint(checkpoint, dataset, data_dir, device, batch_size, log=_log)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(_json(r))
         return
     held_out = f" ({r['test_source']})" if r["test_source"] else ""
     click.echo(f"{r['dataset']} test set{held_out}, {r['images']} images, on {r['device']}: "
@@ -254,7 +300,7 @@ def predict(checkpoint, files, top_k, device, as_json):
     """
     results = tools.predict_files(checkpoint, files, top_k, device, log=_log)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        click.echo(_json(results))
         return
     images_in = collections.Counter(r["file"] for r in results)
     for r in results:
@@ -282,11 +328,12 @@ def summary(model, input_shape, dtype):
 @cnnx.command()
 @click.argument("model")
 @click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-6,
+@click.option("--tolerance", type=FiniteFloatRange(min=0, min_open=True), default=1e-6,
               show_default=True, help="Largest relative error accepted.")
 @click.option("--max-elements", type=click.IntRange(min=1), default=30, show_default=True,
               help="Elements checked per parameter array (a random subset).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the random data and the elements checked.")
 @debug_option
 @click.pass_context
 def gradcheck(ctx, model, input_shape, tolerance, max_elements, seed):
@@ -303,7 +350,7 @@ def gradcheck(ctx, model, input_shape, tolerance, max_elements, seed):
         click.echo(f"{row['index']:>3} {row['layer']:<40} {row['parameter']:<3} "
                    f"{row['error']:.2e}  {flag}")
     click.echo(f"input gradient: {r['input']:.2e}; largest relative error {r['max']:.2e} "
-               f"(tolerance {tolerance:.0e})")
+               f"(tolerance {tolerance:.2e})")  # as many digits as the error it is compared with
     if r["max"] > tolerance:
         ctx.exit(1)
 
@@ -319,7 +366,7 @@ def info(as_json):
     """
     env = report.environment()
     if as_json:
-        click.echo(json.dumps(env, indent=2))
+        click.echo(_json(env))
         return
     for key, value in env.items():
         if key != "datasets":

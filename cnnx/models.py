@@ -146,7 +146,8 @@ def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None,
     A preset is sized for ``input_shape`` (C, H, W; default 1x28x28) and ``classes`` outputs:
     its first convolution takes C channels, its first dense layer the features the
     convolutions leave. ValueError when the images are too small for it. A JSON file's layers
-    are taken as written.
+    are taken as written, and so is its own input shape: ValueError when ``input_shape``
+    differs from it (``input_shape`` is for a file without one).
     """
     if name in PRESETS:
         shape = tuple(input_shape or DEFAULT_INPUT)
@@ -166,8 +167,15 @@ def _from_json(path: str, dtype: str, seed: int, input_shape):
         raise ModelSpecError(f"cannot read model file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise ModelSpecError(f"model file {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:  # a ValueError: "does not fit the images" would be said of it
+        raise ModelSpecError(f"model file {path} is not UTF-8 text, as JSON must be") from None
     if isinstance(data, dict):
-        input_shape = input_shape or data.get("input_shape")
+        own = data.get("input_shape")
+        if own is not None and input_shape is not None and own != list(input_shape):
+            # taken as written: sizing it to other images would build another model
+            raise ValueError(f"model file {path} is written for input {own} (its input_shape), "
+                             f"not {list(input_shape)}: a JSON model is taken as written")
+        input_shape = input_shape or own
         data = data.get("layers")
     try:  # Sequential checks the input shape (a file's "input_shape": 5 included)
         return from_spec(data, input_shape=input_shape or None, seed=seed, dtype=dtype)

@@ -9,7 +9,7 @@ import platform
 
 import numpy as np
 
-from .backends import DeviceError, get_backend
+from .backends import DeviceError, cpu_threads, get_backend
 from .backends.cupy_backend import choose_kernel_cache_dir, cuda_version_text
 from .checkpoint import atomic_write
 
@@ -19,7 +19,8 @@ from .checkpoint import atomic_write
 def describe_device(backend) -> str:
     """One line naming the device and what drives it, e.g. ``cpu (NumPy 2.4.1, OpenBLAS)``."""
     if backend.name == "cpu":
-        return f"cpu (NumPy {np.__version__}, BLAS: {blas_name()}, {os.cpu_count()} cores)"
+        return (f"cpu (NumPy {np.__version__}, BLAS: {blas_name()}, {os.cpu_count()} cores, "
+                f"{cpu_threads.worker_count()} threads)")
     gpu = gpu_properties(backend)
     return (f"{backend.name} ({gpu['name']}, {gpu['memory_gib']:.0f} GiB, CUDA {gpu['cuda']}, "
             f"CuPy {backend.xp.__version__}, kernels {'on' if backend.kernels_enabled else 'off'})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import shutil
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from .layers.base import DTYPES
 from .optim import OPTIMIZERS
 from .schedules import SCHEDULES
 from .session import OWN, Session, test_source, validation_source
-from .train import TrainingDiverged
+from .train import TrainingDiverged, stop_early
 
 DEFAULT_VAL_SPLIT = 0.1  # of train held out for validation when a dataset has no val set
 
@@ -64,15 +65,20 @@ class TrainConfig:
         rules = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 < self.lr < math.inf, f"--lr must be a finite number > 0, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf,
+             f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"),
             (self.val_split is None or 0 <= self.val_split < 1,
              f"--val-split must be in [0, 1), got {self.val_split}"),
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (0 <= self.warmup < math.inf,
+             f"--warmup must be a finite number >= 0, got {self.warmup}"),
+            (self.warmup == 0 or self.warmup < self.epochs,
+             f"--warmup {self.warmup:g} epochs is not shorter than the run's {self.epochs}: give "
+             "a --warmup below --epochs (or more --epochs)"),
             (0 <= self.flip <= 1 and self.shift >= 0, "--flip must be in [0, 1], --shift >= 0"),
             (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
@@ -115,9 +121,20 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
         raise ValueError(f"--image-size resizes a directory of pictures; {cfg.dataset} images "
                          "come in one size already")
     ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log, image_size=cfg.image_size)
+    if len(np.unique(ds.y_train)) < 2:  # it would learn that class: "accuracy 1.0, good fit"
+        raise ValueError(f"the training labels of {ds.source} hold one class only "
+                         f"({ds.y_train[0]}): a classifier needs two or more")
     if ds.x_val is None:
         fraction = DEFAULT_VAL_SPLIT if cfg.val_split is None else cfg.val_split
         xt, yt, xv, yv = data.val_split(ds.x_train, ds.y_train, fraction, cfg.seed)
+        if fraction and not len(yv):  # a fraction of too few images rounds to none
+            rounds = (f"{fraction:g} of {len(ds.y_train)} training images rounds to no "
+                      "validation images")
+            if cfg.val_split is not None:
+                raise ValueError(f"--val-split {fraction:g}: {rounds}; give a larger --val-split, "
+                                 "or 0 for no validation set")
+            if log:
+                log(f"no validation set: {rounds}")
     elif cfg.val_split is not None:  # two validation sets: which one was meant?
         own = "its val/ folder" if data.is_picture_directory(cfg.dataset) else "x_val, y_val"
         raise ValueError(f"--val-split {cfg.val_split}: {cfg.dataset} has a validation set of "
@@ -127,6 +144,9 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
     mean, std = data.channel_stats(xt)
     norm = lambda x: data.standardize(x, mean, std)  # noqa: E731
     val = (norm(xv), yv) if len(yv) else None
+    if val is None and cfg.patience is not None:  # fit would never stop early, without a word
+        raise ValueError(f"--patience {cfg.patience} stops on the validation loss: it needs a "
+                         "validation set (--val-split > 0, or a dataset with one of its own)")
     return Prepared(ds, (norm(xt), yt), val, (norm(ds.x_test), ds.y_test),
                     {"mean": mean.tolist(), "std": std.tolist()})
 
@@ -208,6 +228,36 @@ def _keep_the_training_set(options: dict, saved: dict) -> None:
             raise ValueError(f"{option} {options[key]:g}: this run's validation set was drawn "
                              f"with {option} {effective(key, saved):g}, and a resumed run keeps its "
                              f"training set; leave {option} out, or start a new run")
+
+
+def shorten_recipe_warmup(options: dict) -> dict:
+    """``options`` for a new run, with the model recipe's warm-up, when --warmup is not given,
+    shortened to half a run that --epochs makes shorter than twice it (fmnist-bn's one-epoch
+    warm-up with --epochs 1), so that the saved config says what is used. A --warmup given
+    is never changed: TrainConfig.check refuses one that is not shorter than the run."""
+    recipe = models.recipe(options.get("model", TrainConfig.model))
+    if "warmup" in options or "warmup" not in recipe:
+        return options
+    epochs = options.get("epochs", recipe.get("epochs", TrainConfig.epochs))
+    if recipe["warmup"] <= epochs / 2:
+        return options
+    return {**options, "warmup": epochs / 2}
+
+
+def check_epochs_left(out, options: dict) -> None:
+    """Before resuming the run in ``out``: ValueError unless it has epochs left to train, with
+    the ``options`` given (--epochs, --patience) over its saved ones. A run that trained all
+    its epochs, or stopped early, would train nothing and still rewrite result.json."""
+    ck = checkpoint.load(Path(out) / "checkpoint.npz")
+    saved = ck.header.get("config") or {}
+    epochs = options.get("epochs", saved.get("epochs", TrainConfig.epochs))
+    if ck.epoch >= epochs:
+        raise ValueError(f"{out} already trained {ck.epoch} epoch{'s' if ck.epoch != 1 else ''}: "
+                         f"give --epochs above {ck.epoch} to train on")
+    patience = options.get("patience", saved.get("patience"))
+    if not ck.step and stop_early([r.get("val_loss") for r in ck.metrics], patience):
+        raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {patience}): give a "
+                         "larger --patience to go on")
 
 
 def default_out() -> Path:

@@ -227,15 +227,17 @@ class Session:
 
 def make_schedule(cfg):
     """The learning-rate schedule of ``cfg`` (None: the constant rate, nothing to do).
-    ``step`` divides the rate by 10 after each third of the run; the warm-up is capped at half
-    the run (so ``--epochs 1`` works with a recipe's one-epoch warm-up)."""
-    warmup = min(cfg.warmup, cfg.epochs / 2)
+    ``step`` divides the rate by 10 after each third of the run. The warm-up is the config's,
+    shorter than the run (TrainConfig.check; run.shorten_recipe_warmup fits a recipe's to a
+    short run before the config is saved, so that it records what is used)."""
+    warmup = cfg.warmup
     if cfg.schedule == "constant" and not warmup:
         return None
     if cfg.schedule == "cosine":
         return SCHEDULES["cosine"](cfg.lr, total_epochs=cfg.epochs, warmup_epochs=warmup)
     if cfg.schedule == "step":
-        return SCHEDULES["step"](cfg.lr, step_epochs=max(1.0, cfg.epochs / 3),
+        # progress counts fractional epochs, so a third of a 1- or 2-epoch run is a step too
+        return SCHEDULES["step"](cfg.lr, step_epochs=cfg.epochs / 3,
                                  warmup_epochs=warmup)
     return SCHEDULES["constant"](cfg.lr, warmup_epochs=warmup)
 

@@ -47,7 +47,8 @@ def evaluate_checkpoint(path, dataset=None, data_dir=None, device="auto", batch_
     like_the_model = {"classes": classes, "channels": ck.input_shape[0],
                       "image_size": ck.input_shape[1:]}
     try:
-        ds = data.load_dataset(name, data_dir or (None if dataset else saved.get("data_dir")),
+        saved_dir = saved.get("data_dir") if not dataset and name in data.KNOWN else None
+        ds = data.load_dataset(name, data_dir or saved_dir,
                                log=log, splits=("test",),
                                **(like_the_model if data.is_picture_directory(name) else {}))
     except (ValueError, data.DatasetNotFound) as exc:
@@ -85,6 +86,11 @@ def read_images(path, shape) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     if path.suffix.lower() == ".npy":
+        kind = data.formats.numpy_file_kind(path)
+        if kind != "npy":  # np.load would suggest allow_pickle, or return an .npz's archive
+            raise ValueError(f"{path}: not a .npy file"
+                             + (" (an .npz archive: save one array with numpy.save)"
+                                if kind == "npz" else ""))
         try:
             x = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -128,6 +134,8 @@ def _to_batch(x: np.ndarray, shape, path) -> np.ndarray:
         x = x.transpose(0, 3, 1, 2)
     else:
         raise ValueError(f"{path}: image shape {x.shape} does not fit the model input {tuple(shape)}")
+    if len(x) == 0:  # a batch of none: nothing to predict
+        raise ValueError(f"{path}: holds no images")
     return data.formats.to_nchw_float(np.ascontiguousarray(x), path)
 
 

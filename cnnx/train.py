@@ -13,6 +13,7 @@ from functools import partial
 
 from . import config
 from .backends import make_rng
+from .layers import BatchNorm1D, BatchNorm2D
 from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
 
 #: How often (in steps) ``fit`` reads the running loss on the host to notice a divergence
@@ -130,6 +131,7 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
+    _check_last_batch(model, tuple(x.shape[1:]), slices, batch_size)
     if cuda_graph:
         from .graph import GraphedTrainStep
 
@@ -158,6 +160,26 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         if cuda_graph:
             step.close()
     return history
+
+
+def _check_last_batch(model, example_shape: tuple, slices, batch_size: int) -> None:
+    """ValueError, before anything trains, when the last batch of every epoch holds one
+    example and a batch-norm layer would get one value per channel from it (BatchNorm1D, or
+    BatchNorm2D on 1x1 maps): training-mode batch norm has no statistics to normalise it by,
+    and would fail at the end of the first epoch."""
+    start, stop = slices[-1]
+    if stop - start != 1:
+        return
+    inputs = [example_shape] + model.shapes(example_shape)[:-1]  # what each layer takes
+    if not any(isinstance(layer, (BatchNorm1D, BatchNorm2D)) and math.prod(shape[1:]) == 1
+               for layer, shape in zip(model.layers, inputs)):
+        return
+    n = stop
+    better = next((size for size in range(batch_size + 1, n + 1) if n % size != 1), None)
+    fix = (f"choose another --batch-size (e.g. {better})" if better else
+           "give it more training examples")
+    raise ValueError(f"the last batch would hold one example ({n} training examples in batches "
+                     f"of {batch_size}), which batch norm cannot normalise: {fix}")
 
 
 def stop_early(val_losses, patience: int | None) -> bool:

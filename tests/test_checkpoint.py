@@ -107,6 +107,27 @@ def test_foreign_npz_files_are_refused(tmp_path, arrays, message):
         checkpoint.load(tmp_path / "x.npz")
 
 
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n a picture", b"hello", b""])
+def test_a_file_that_is_no_npz_is_said_to_be_none(tmp_path, content):
+    """Not NumPy's "contains pickled (object) data ... allow_pickle=" (`cnnx predict x.png RUN`)."""
+    (tmp_path / "x.png").write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(tmp_path / "x.png")
+    assert str(info.value) == f"{tmp_path / 'x.png'}: not a cnnx checkpoint (not an .npz file)"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path, trained, bad):
+    """It would evaluate to chance accuracy and a NaN loss (training never saves one)."""
+    model, _, _, _ = trained
+    state = model.state_dict()
+    state["3.W"][0, 0, 0, 0] = bad
+    path = checkpoint.save(tmp_path / "c.npz", model, model_state=state)
+    with pytest.raises(checkpoint.CheckpointError, match=r"c\.npz: weight 3\.W holds NaN or inf, "
+                                                         r"so the model computes nothing usable"):
+        checkpoint.load(path)
+
+
 def test_pickled_content_is_never_loaded(tmp_path):
     np.savez(tmp_path / "x.npz", header=np.array([{"format": "cnnx-checkpoint"}], dtype=object))
     with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated"):

@@ -76,6 +76,85 @@ def test_model_recipe_fills_options_not_given(tiny, tmp_path):
     assert config["epochs"] == 1 and config["lr"] == 0.004  # given
     assert config["optimizer"] == recipe["optimizer"] and config["schedule"] == recipe["schedule"]
     assert config["batch_size"] == recipe["batch_size"]
+    # the recipe's one-epoch warm-up, shortened to half this one-epoch run, is what is saved
+    assert recipe["warmup"] == 1 and config["warmup"] == 0.5
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 7])
+def test_the_step_schedule_divides_the_rate_by_10_after_each_third_of_the_run(epochs):
+    from cnnx import run, session
+    schedule = session.make_schedule(run.TrainConfig(epochs=epochs, schedule="step", lr=1.0))
+    thirds = [schedule(epochs * fraction) for fraction in (0.3, 0.34, 0.66, 0.67, 0.999)]
+    assert thirds == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def small_npz(path, n_train=64, n_test=32, labels=3):
+    """12x12 images in ``labels`` classes: seed-cnn and fmnist-small train on them in a blink."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 12, 12), dtype=np.uint8),
+             y_train=np.arange(n_train) % labels,
+             x_test=rng.integers(0, 256, (n_test, 12, 12), dtype=np.uint8),
+             y_test=np.arange(n_test) % labels)
+    return path
+
+
+def test_patience_needs_a_validation_set(tmp_path):
+    small = small_npz(tmp_path / "small.npz")
+
+    def train(dataset, model, out, *extra):
+        return invoke("train", "--dataset", dataset, "--model", model, "--device", "cpu",
+                      "--epochs", 1, "--out", out, *extra)
+
+    assert one_line_error(train(small, "seed-cnn", tmp_path / "o", "--val-split", 0, "--patience", 1)) == (
+        "Error: --patience 1 stops on the validation loss: it needs a validation set "
+        "(--val-split > 0, or a dataset with one of its own)")
+    # a fraction that rounds to no image is no validation set either
+    assert one_line_error(train(small, "seed-cnn", tmp_path / "o", "--val-split", 0.001)) == (
+        "Error: --val-split 0.001: 0.001 of 64 training images rounds to no validation images; "
+        "give a larger --val-split, or 0 for no validation set")
+    assert not (tmp_path / "o").exists()
+    # --val-split 0 turns off a recipe's early stopping (there is no --patience to give instead)
+    result = train(small, "fmnist-small", tmp_path / "o", "--val-split", 0, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["config"]["patience"] is None
+    # the default fraction of too few images: said, not an error
+    result = train(small_npz(tmp_path / "four.npz", n_train=4), "seed-cnn", tmp_path / "four")
+    assert result.exit_code == 0, result.output
+    assert "no validation set: 0.1 of 4 training images rounds to no validation images" in result.stderr
+
+
+def test_one_class_is_no_classification(tmp_path):
+    """It trained, and reported "test accuracy 1.0000 ... good fit"."""
+    small = small_npz(tmp_path / "one.npz", labels=1)
+    error = one_line_error(invoke("train", "--dataset", small, "--model", "seed-cnn", "--device",
+                                  "cpu", "--epochs", 1, "--out", tmp_path / "o"))
+    assert error == (f"Error: the training labels of {small} hold one class only (0): a "
+                     "classifier needs two or more")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_last_batch_batch_norm_cannot_take_is_refused_before_training(tmp_path):
+    """fmnist-bn on 58 training images in batches of 57 failed at the end of epoch 1."""
+    small = small_npz(tmp_path / "small.npz")  # 64 images: 58 train, 6 validation
+    error = one_line_error(invoke("train", "--dataset", small, "--model", "fmnist-bn", "--device",
+                                  "cpu", "--batch-size", 57, "--out", tmp_path / "o"))
+    assert error == ("Error: the last batch would hold one example (58 training examples in "
+                     "batches of 57), which batch norm cannot normalise: choose another "
+                     "--batch-size (e.g. 58)")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_warm_up_given_is_used_as_given_and_must_be_shorter_than_the_run(tiny, tmp_path):
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 10)))
+    assert error == ("Error: --warmup 10 epochs is not shorter than the run's 2: give a --warmup "
+                     "below --epochs (or more --epochs)")
+    assert not (tmp_path / "o").exists()
+    # 1.5 epochs of warm-up in a 2-epoch run: no longer cut to 1 (half the run)
+    result = invoke(*train_args(tiny, tmp_path / "o", "--epochs", 2, "--warmup", 1.5))
+    assert result.exit_code == 0, result.output
+    first = json.loads((tmp_path / "o" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["lr"] == pytest.approx(0.02 * (14 / 15 + 1e-3) / 1.5)  # its last step's rate
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["config"]["warmup"] == 1.5
 
 
 def test_evaluate(run_dir):
@@ -88,6 +167,20 @@ def test_evaluate(run_dir):
     expected = json.loads((out / "result.json").read_text())["test_accuracy"]
     assert report["accuracy"] == pytest.approx(expected)
     assert np.array(report["confusion_matrix"]).sum() == 200
+
+
+def test_evaluate_json_writes_a_nan_as_null(run_dir, monkeypatch):
+    """json.dumps writes NaN, which is not JSON: no reader would take the report."""
+    out, _ = run_dir
+    real = cnnx.tools.evaluate_checkpoint
+    monkeypatch.setattr(cnnx.tools, "evaluate_checkpoint",
+                        lambda *args, **kwargs: {**real(*args, **kwargs), "loss": float("nan")})
+    result = invoke("evaluate", out, "--json")
+    assert result.exit_code == 0, result.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+    assert json.loads(result.stdout, parse_constant=refuse)["loss"] is None
 
 
 def test_evaluate_on_a_test_set_alone(run_dir, tiny, tmp_path):
@@ -196,6 +289,12 @@ def test_summary_and_json_model(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(spec))
     result = invoke("summary", tmp_path / "m.json", "--input-shape", "1,28,28")
     assert result.exit_code == 0 and "(8, 26, 26)" in result.stdout
+    # --input-shape is for a JSON model without one of its own
+    (tmp_path / "own.json").write_text(json.dumps({"input_shape": [1, 28, 28], "layers": spec}))
+    assert invoke("summary", tmp_path / "own.json", "--input-shape", "1,28,28").exit_code == 0
+    assert one_line_error(invoke("summary", tmp_path / "own.json", "--input-shape", "1,12,12")) == (
+        f"Error: model file {tmp_path / 'own.json'} is written for input [1, 28, 28] (its "
+        "input_shape), not [1, 12, 12]: a JSON model is taken as written")
 
 
 def test_gradcheck_exit_status():
@@ -203,6 +302,41 @@ def test_gradcheck_exit_status():
     assert result.exit_code == 0, result.output
     assert "largest relative error" in result.stdout
     assert invoke("gradcheck", "seed-cnn", "--tolerance", "1e-30").exit_code == 1
+    # the tolerance is printed with the digits of the error it is compared with
+    largest = float(re.search(r"largest relative error (\S+)", result.stdout)[1])
+    result = invoke("gradcheck", "seed-cnn", "--tolerance", largest * 1.001)
+    assert result.exit_code == 0 and f"(tolerance {largest * 1.001:.2e})" in result.stdout
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--lr", "inf"], ["train", "--lr", "nan"], ["train", "--weight-decay", "inf"],
+    ["train", "--warmup", "inf"], ["train", "--momentum", "nan"], ["train", "--flip", "nan"],
+    ["train", "--val-split", "nan"], ["gradcheck", "seed-cnn", "--tolerance", "nan"],
+    ["gradcheck", "seed-cnn", "--tolerance", "inf"],
+])
+def test_a_non_finite_number_is_a_usage_error_naming_the_option(args):
+    """click's FloatRange takes NaN (it fails no comparison) and inf: --lr inf would only show
+    as a diverged run, --tolerance nan as every row FAIL with exit status 0."""
+    error = one_line_error(invoke(*args, "--dataset", "synthetic")
+                           if args[0] == "train" else invoke(*args))
+    assert error == f"Error: Invalid value for '{args[-2]}': {float(args[-1])} is not a finite number."
+    assert invoke(*args).exit_code == 2
+
+
+@pytest.mark.parametrize("field, option", [("lr", "--lr"), ("weight_decay", "--weight-decay"),
+                                           ("warmup", "--warmup")])
+def test_a_training_config_refuses_infinity(field, option):
+    """The library's own check, for configs that do not come through the command line."""
+    from cnnx import run
+    with pytest.raises(ValueError, match=f"^{option} must be a finite number >=? 0, got inf$"):
+        run.TrainConfig(**{field: float("inf")}).check()
+
+
+@pytest.mark.parametrize("command", [["train", "--dataset", "synthetic"], ["gradcheck", "seed-cnn"]])
+def test_a_negative_seed_is_a_usage_error_naming_the_option(command):
+    result = invoke(*command, "--seed", "-1")
+    assert one_line_error(result) == "Error: Invalid value for '--seed': -1 is not in the range x>=0."
+    assert result.exit_code == 2
 
 
 @pytest.mark.parametrize("model", ["fmnist-small", "fmnist-bn"])
@@ -226,6 +360,21 @@ def test_info(tmp_path):
         assert env["cuda"].startswith("cuda:0 (") and os.path.isdir(env["kernels"].split()[-1])
     else:
         assert env["cuda"].startswith("not available: ") and "kernels" not in env
+
+
+def test_a_bad_cnnx_cpu_threads_is_one_line(monkeypatch):
+    """Read where first used, not at import: an import-time error would be a traceback."""
+    from cnnx.backends import cpu_threads
+    monkeypatch.setattr(cpu_threads, "WORKERS", None)  # not read yet
+    monkeypatch.setenv("CNNX_CPU_THREADS", "abc")
+    assert one_line_error(invoke("info")) == (
+        "Error: CNNX_CPU_THREADS='abc': the number of CPU threads cnnx uses must be a whole "
+        "number (unset or 0: the usable cores, at most 8)")
+    monkeypatch.setenv("CNNX_CPU_THREADS", "1")
+    assert "cores, 1 threads)" in invoke("info").stdout
+    done = run_cnnx("info", env={"CNNX_CPU_THREADS": "abc"})  # a process of its own: no traceback
+    assert done.returncode == 1 and done.stderr.startswith("Error: CNNX_CPU_THREADS='abc'")
+    assert done.stderr.count("\n") == 1
 
 
 @pytest.mark.parametrize("j_train, j_cv, verdict", [
@@ -380,6 +529,15 @@ BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
      r"kernel_size, stride"),
     ('[{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "padding": -1}]',
      r"layer 0: Conv2D: padding must be >= 0, got -1"),
+    ('[{"type": "Conv2D", "in_channels": 1, "out_channels": "four", "kernel_size": 3}]',
+     r"layer 0: Conv2D: out_channels must be a positive integer, got 'four'$"),
+    ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 1e400, "out_features": 3}]',
+     r"layer 1: Dense: in_features must be a positive integer, got inf$"),
+    ('[{"type": "Dropout", "p": "half"}]', r"layer 0: Dropout: p must be a number in \[0, 1\), got 'half'$"),
+    ('{"input_shape": [1, 12, 12], "layers": [{"type": "GlobalAvgPool2D"}, '
+     '{"type": "Dense", "in_features": 1, "out_features": 10}]}',
+     r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): model file \S+ is written for "
+     r"input \[1, 12, 12\] \(its input_shape\), not \[1, 28, 28\]: a JSON model is taken as written$"),
     ('[{"type": "Conv2D", "in_channels": 3, "out_channels": 2, "kernel_size": 3}, {"type": "Flatten"}]',
      r"^Error: model '\S+' does not fit \S+ images \(1, 28, 28\): layer 0"),
 ]
@@ -397,7 +555,8 @@ def test_bad_model_file_is_one_line(tiny, tmp_path, content, message):
 
 def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tmp_path):
     out, _ = run_dir
-    error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu"))
+    error = one_line_error(invoke("train", "--resume", out, "--model", "lenet5", "--device", "cpu",
+                                  "--epochs", 3))
     assert "saved from another model" in error
     bad = tmp_path / "bad.npz"
     bad.write_bytes((out / "checkpoint.npz").read_bytes()[:5000])
@@ -414,12 +573,54 @@ def test_bad_predict_summary_gradcheck_input(run_dir, tmp_path):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 5)))
     assert "does not fit the model input" in one_line_error(invoke("predict", out, tmp_path / "wrong.npy"))
     assert "no such file" in one_line_error(invoke("predict", out, tmp_path / "absent.npy"))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 28, 28), np.uint8))
+    assert one_line_error(invoke("predict", out, tmp_path / "empty.npy")) == (
+        f"Error: {tmp_path / 'empty.npy'}: holds no images")
+    (tmp_path / "text.npy").write_text("xxxx")  # not NumPy's advice to allow_pickle
+    assert one_line_error(invoke("predict", out, tmp_path / "text.npy")) == (
+        f"Error: {tmp_path / 'text.npy'}: not a .npy file")
+    with open(tmp_path / "archive.npy", "wb") as f:  # np.load would return the archive
+        np.savez(f, x=np.zeros((28, 28)))
+    assert one_line_error(invoke("predict", out, tmp_path / "archive.npy")) == (
+        f"Error: {tmp_path / 'archive.npy'}: not a .npy file (an .npz archive: save one array "
+        "with numpy.save)")
+    (tmp_path / "utf16.json").write_bytes(b"\xff\xfe[")
+    assert one_line_error(invoke("summary", tmp_path / "utf16.json")) == (
+        f"Error: model file {tmp_path / 'utf16.json'} is not UTF-8 text, as JSON must be")
     (tmp_path / "x.txt").write_text("hi")
     assert "unsupported file type" in one_line_error(invoke("predict", out, tmp_path / "x.txt"))
     assert "unknown model" in one_line_error(invoke("summary", "nope"))
     (tmp_path / "broken.json").write_text("{")
     assert "not valid JSON" in one_line_error(invoke("summary", tmp_path / "broken.json"))
     assert "expected C,H,W" in one_line_error(invoke("gradcheck", "seed-cnn", "--input-shape", "1,2"))
+
+
+def test_sizes_beyond_the_memory_are_one_line(tmp_path, monkeypatch):
+    """A layer of 10^13 outputs asks NumPy for petabytes: MemoryError (not a ValueError) is
+    reported in one line, as is an OverflowError from a size too large for a float."""
+    (tmp_path / "huge.json").write_text(json.dumps(
+        {"input_shape": [1, 12, 12], "layers": [{"type": "Flatten"},
+                                                {"type": "Dense", "in_features": 144,
+                                                 "out_features": 10**13}]}))
+    error = one_line_error(invoke("summary", tmp_path / "huge.json"))
+    assert re.match(r"Error: not enough memory: Unable to allocate .* \(a layer or input too "
+                    r"large\?\)$", error)
+
+    def overflow(*args, **kwargs):
+        raise OverflowError("int too large to convert to float")
+    monkeypatch.setattr(cnnx.models, "build", overflow)
+    assert one_line_error(invoke("summary", "reference")) == (
+        "Error: a number too large: int too large to convert to float (a layer or input too "
+        "large?)")
+
+
+def test_data_dir_with_a_dataset_given_by_its_path_is_one_line(run_dir, tiny, tmp_path):
+    message = "Error: --data-dir is where fashion-mnist, mnist and cifar10 are looked for; give"
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--data-dir", tmp_path)))
+    assert error.startswith(message) and not (tmp_path / "o").exists()
+    out, _ = run_dir
+    for dataset in ([], ["--dataset", tiny]):  # the checkpoint's .npz, or one given
+        assert one_line_error(invoke("evaluate", out, *dataset, "--data-dir", tmp_path)).startswith(message)
 
 
 def test_debug_shows_the_traceback():

@@ -103,6 +103,18 @@ def test_data_dir_may_hold_the_files_directly_and_uncompressed(tmp_path):
     assert ds.x_test.shape == (10, 1, 28, 28) and np.array_equal(ds.y_test, arrays["y_test"])
 
 
+def test_data_dir_is_only_for_the_known_datasets(tmp_path):
+    """It would be ignored, without a word, for an .npz, a directory or synthetic."""
+    np.savez(tmp_path / "d.npz", **tiny_arrays())
+    for name in (str(tmp_path / "d.npz"), str(tmp_path)):
+        with pytest.raises(ValueError, match=r"^--data-dir is where fashion-mnist, mnist and cifar10 "
+                                             r"are looked for; give the \.npz's \(or the picture "
+                                             r"directory's\) path in --dataset and leave out --data-dir$"):
+            data.load_dataset(name, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="synthetic is generated: leave out --data-dir"):
+        data.load_dataset("synthetic", data_dir=tmp_path)
+
+
 def test_corrupt_file_in_lookup_is_reported(tmp_path):
     write_mnist_dir(tmp_path)
     path = tmp_path / IDX_NAMES["x_test"]
@@ -295,14 +307,29 @@ def test_npz_validation_set_of_its_own_is_read_only_when_present_and_asked_for(t
 @pytest.mark.parametrize("change, message", [
     ({"y_train": np.zeros(3, np.int64)}, "expected 20 integer labels"),
     ({"y_test": np.full(10, -1)}, "labels must be >= 0"),
+    ({"y_train": np.r_[2**40, np.zeros(19, np.int64)]},
+     "y_train's labels go up to 1099511627776, with 30 examples in all: labels must number the "
+     "classes 0..K-1"),
     ({"x_train": np.full((20, 28, 28), 2.0)}, "finite and lie in \\[0, 1\\]"),
     ({"x_train": np.zeros((20, 5), np.uint8)}, "expected images"),
+    ({"x_test": np.zeros((0, 1, 28, 28), np.uint8), "y_test": np.zeros(0, np.int64)},
+     r"x_test holds no images$"),
     ({"x_test": np.zeros((10, 9, 9), np.uint8)}, "differ in shape"),
 ])
 def test_npz_content_checks(tmp_path, change, message):
     np.savez(tmp_path / "d.npz", **{**tiny_arrays(), **change})
     with pytest.raises(ValueError, match=message):
         data.load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_npz_labels_may_go_as_high_as_many_classes_need(tmp_path):
+    """A few test images of high classes (a 10000-class model's) are not a stray label."""
+    arrays = tiny_arrays()
+    np.savez(tmp_path / "t.npz", x_test=arrays["x_test"], y_test=np.full(10, 9999))
+    assert data.load_dataset(str(tmp_path / "t.npz"), splits=("test",)).num_classes == 10000
+    np.savez(tmp_path / "t.npz", x_test=arrays["x_test"], y_test=np.full(10, 10000))
+    with pytest.raises(ValueError, match="y_test's labels go up to 10000, with 10 examples"):
+        data.load_dataset(str(tmp_path / "t.npz"), splits=("test",))
 
 
 def test_npz_never_unpickles_and_rejects_corrupt_files(tmp_path):
@@ -315,6 +342,9 @@ def test_npz_never_unpickles_and_rejects_corrupt_files(tmp_path):
         data.load_dataset(str(tmp_path / "cut.npz"))
     with pytest.raises(ValueError, match="does not exist"):
         data.load_dataset(str(tmp_path / "absent.npz"))
+    (tmp_path / "text.npz").write_text("hello")  # not NumPy's advice to allow_pickle
+    with pytest.raises(ValueError, match=r"text\.npz: not an \.npz file \(nor a \.npy\)$"):
+        data.load_dataset(str(tmp_path / "text.npz"))
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         data.load_dataset("imagenet")
 

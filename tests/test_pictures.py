@@ -199,6 +199,17 @@ def _corrupt(root):
     (root / "train" / "a" / "0.png").write_bytes(b"\x89PNG truncated")
 
 
+def _huge(root):
+    """A PNG whose header claims 30000x30000 pixels: Pillow refuses it before decoding."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    (root / "train" / "a" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                                 + chunk(b"IEND", b""))
+
+
 def _no_test(root):
     for path in (root / "test" / "a").iterdir():
         path.unlink()
@@ -234,6 +245,8 @@ def _no_classes(root):
     (_new_test_class, r"test/z: class 'z' is not among the classes a \(those of train/"),
     (_empty_class, r"train/empty: no pictures \(\.png, \.jpg, .*\) in this class folder \(nor"),
     (_corrupt, r"train/a/0\.png: unreadable image"),
+    (_huge, r"train/a/1\.png: too large to decode safely: 900,000,000 pixels, where Pillow "
+            r"refuses more than [\d,]+ .*; shrink the picture"),
     (_no_test, r"no test/ folder; a dataset directory holds ROOT/train/<class>/ and "
                r"ROOT/test/<class>/"),
     (_no_classes, r"train: no class folders; a dataset directory holds"),
@@ -249,6 +262,14 @@ def test_a_malformed_directory_is_a_one_line_error_naming_the_file(tmp_path, dam
     damage(root)
     with pytest.raises(ValueError, match=message):
         data.load_dataset(str(root))
+
+
+def test_a_picture_pillow_cannot_convert_is_named(tmp_path):
+    """Pillow's "conversion from LAB to RGB not supported" names no file."""
+    Image.fromarray(gray(0)).convert("RGB").convert("LAB").save(tmp_path / "lab.tif")
+    with pytest.raises(ValueError, match=r"lab\.tif: cannot convert its LAB pixels to L \(.*\); "
+                                         r"save it as an RGB or grayscale picture"):
+        pictures.read_picture(tmp_path / "lab.tif", "L")
 
 
 def numbered(i: int) -> np.ndarray:

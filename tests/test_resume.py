@@ -9,6 +9,7 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 
 import cnnx.train
@@ -166,6 +167,48 @@ def test_switching_optimizer_on_resume_starts_its_buffers_empty(tiny, tmp_path):
     ck = checkpoint.load(out / "checkpoint.npz")
     assert all(name.endswith((".m", ".v")) for name in ck.optimizer_state["buffers"])
     assert ck.optimizer_state["steps"] == 15  # one epoch of Adam, not the SGD epoch before it
+
+
+def test_a_run_with_no_epochs_left_is_not_resumed(tiny, tmp_path):
+    """It would train nothing, exit 0 and rewrite result.json with epochs it never ran."""
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    for more in ([], ["--epochs", 1]):
+        assert one_line_error(invoke("train", "--resume", out, *more)) == (
+            f"Error: {out} already trained 1 epoch: give --epochs above 1 to train on")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def test_a_run_that_stopped_early_is_not_resumed_without_more_patience(tmp_path):
+    rng = np.random.default_rng(0)  # random labels: the validation loss soon rises
+    np.savez(tmp_path / "noise.npz", x_train=rng.integers(0, 256, (200, 12, 12), dtype=np.uint8),
+             y_train=rng.integers(0, 3, 200), x_test=rng.integers(0, 256, (20, 12, 12), dtype=np.uint8),
+             y_test=rng.integers(0, 3, 20))
+    out = tmp_path / "run"
+    result = invoke("train", "--dataset", tmp_path / "noise.npz", "--model", "seed-cnn", "--device",
+                    "cpu", "--epochs", 20, "--patience", 1, "--lr", 0.1, "--out", out)
+    assert "early stopping" in result.output, result.output
+    stopped = checkpoint.load(out).epoch
+    assert stopped < 20
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert one_line_error(invoke("train", "--resume", out, "--epochs", 30)) == (
+        f"Error: {out} stopped early at epoch {stopped} (patience 1): give a larger --patience "
+        "to go on")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    result = invoke("train", "--resume", out, "--patience", 100, "--epochs", stopped + 1)
+    assert result.exit_code == 0, result.output
+    assert checkpoint.load(out).epoch == stopped + 1
+
+
+def test_resume_with_out_naming_the_same_directory(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 1)).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--resume", "run", "--out", f"{out}/", "--epochs", 2)
+    assert result.exit_code == 0, result.output
+    assert "--out and --resume name different directories" in one_line_error(
+        invoke("train", "--resume", "run", "--out", "elsewhere", "--epochs", 3))
 
 
 def test_resume_refuses_another_dtype(tiny, tmp_path):

@@ -296,6 +296,25 @@ def test_predict_and_evaluate_leave_the_model_in_its_mode(backend, run, training
     assert [layer.training for layer in model.layers] == [training, training]
 
 
+def test_a_last_batch_of_one_example_is_refused_before_training_with_batch_norm(backend):
+    """BatchNorm1D cannot normalise one value per feature: the last batch of 5 examples in
+    batches of 4 would fail at the end of the first epoch; fit says so before it starts."""
+    model = Sequential([layers.Flatten(), layers.Dense(16, 4), layers.BatchNorm1D(4),
+                        layers.Dense(4, 3)], input_shape=(1, 4, 4)).to(backend)
+    before = model.state_dict()
+    x, y = np.random.default_rng(0).random((5, 1, 4, 4)), np.arange(5) % 3
+    with pytest.raises(ValueError, match=r"^the last batch would hold one example \(5 training "
+                                         r"examples in batches of 4\), which batch norm cannot "
+                                         r"normalise: choose another --batch-size \(e\.g\. 5\)$"):
+        fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), x, y, batch_size=4)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+    fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), x, y, batch_size=4, drop_last=True)
+    # BatchNorm2D on 2x2 maps has four values per channel in a batch of one: no error
+    model = Sequential([layers.Conv2D(1, 2, 3), layers.BatchNorm2D(2), layers.Flatten(),
+                        layers.Dense(8, 3)], input_shape=(1, 4, 4)).to(backend)
+    fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), x, y, batch_size=4)
+
+
 def test_fit_refuses_an_optimizer_of_another_model(backend):
     model, other = _dense_model(backend), _dense_model(backend)
     with pytest.raises(ValueError, match="fit: the optimizer updates another model's parameters"):

@@ -37,8 +37,24 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-#: pieces per operation (1 turns the pool off); CNNX_CPU_THREADS overrides the core count
-WORKERS = max(1, min(int(os.environ.get("CNNX_CPU_THREADS", 0)) or _usable_cores(), 8))
+#: pieces per operation (1 turns the pool off); CNNX_CPU_THREADS overrides the core count.
+#: None until first used (``worker_count()``): a bad CNNX_CPU_THREADS read at import would stop
+#: ``import cnnx`` with a traceback that the command line cannot turn into its one-line error.
+WORKERS: int | None = None
+
+
+def worker_count() -> int:
+    """WORKERS: read from CNNX_CPU_THREADS (else the usable cores), at most 8, on first use."""
+    global WORKERS
+    if WORKERS is None:
+        text = os.environ.get("CNNX_CPU_THREADS", "").strip() or "0"  # unset: the cores
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(f"CNNX_CPU_THREADS={text!r}: the number of CPU threads cnnx uses "
+                             "must be a whole number (unset or 0: the usable cores, at most 8)")
+        WORKERS = max(1, min(int(text) or _usable_cores(), 8))
+    return WORKERS
+
+
 #: operations touching fewer elements than this run in one piece (a multiply-add of a matrix
 #: product counts 1/16: BLAS does them that much faster than NumPy moves an element)
 MIN_ELEMENTS = 1 << 18
@@ -103,7 +119,7 @@ if hasattr(os, "register_at_fork"):
 
 def _start_workers() -> None:
     with _workers_lock:
-        while len(_workers) < WORKERS - 1:
+        while len(_workers) < worker_count() - 1:
             thread = threading.Thread(target=_work, name=f"cnnx-cpu-{len(_workers)}", daemon=True)
             thread.start()
             _workers.append(thread)
@@ -113,7 +129,7 @@ def pieces(total: int, elements: int, min_elements: int | None = None) -> list[t
     """``[(start, stop)]`` cutting ``range(total)`` into up to WORKERS near-equal pieces; one
     piece when the work (``elements`` touched in all) is too small to be worth splitting."""
     min_elements = MIN_ELEMENTS if min_elements is None else min_elements
-    count = min(WORKERS, total, max(1, elements // min_elements))
+    count = min(worker_count(), total, max(1, elements // min_elements))
     bounds = [total * k // count for k in range(count + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 

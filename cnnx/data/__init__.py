@@ -63,10 +63,11 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     ``("test",)``, which spares CIFAR-10 its 600 MB of training images. "val" is read where
     the dataset has a validation set of its own (an ``.npz``'s ``x_val`` and ``y_val``, a
     directory's ``val/``); ``x_val`` and ``y_val`` are None otherwise. ``log`` (a callable
-    taking one string) hears about downloads. For a directory of pictures only: ``classes``,
-    the class names to label them by (e.g. a checkpoint's) instead of train/'s folders;
-    ``image_size`` = (height, width), to resize every picture to; ``channels``, 1 or 3.
-    Raises DatasetNotFound or ValueError with a one-line message for missing, corrupt or
+    taking one string) hears about downloads. ``data_dir``: where to look first for a known
+    dataset (``sources.search_dirs``); a ValueError for any other. For a directory of pictures
+    only: ``classes``, the class names to label them by (e.g. a checkpoint's) instead of
+    train/'s folders; ``image_size`` = (height, width), to resize every picture to;
+    ``channels``, 1 or 3. Raises DatasetNotFound or ValueError with a one-line message for missing, corrupt or
     malformed data.
     """
     splits = tuple(splits)
@@ -75,6 +76,12 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
     if not is_picture_directory(name) and (image_size, channels, classes) != (None, None, None):
         raise ValueError(f"image size, channels and classes are chosen for a directory of "
                          f"pictures only; {name} comes as it is")
+    if data_dir and name not in KNOWN:  # it would be ignored without a word
+        *others, last = KNOWN
+        raise ValueError(f"--data-dir is where {', '.join(others)} and {last} are looked for; "
+                         + ("synthetic is generated: leave out --data-dir" if name == "synthetic"
+                            else "give the .npz's (or the picture directory's) path in --dataset "
+                                 "and leave out --data-dir"))
     if name == "synthetic":
         arrays = make_synthetic()
         for split in set(MAIN_SPLITS) - set(splits):

@@ -190,12 +190,54 @@ def read_npz(path, splits=("train", "val", "test")) -> dict:
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     names = arrays.get("class_names")
     out["class_names"] = [str(n) for n in names] if names is not None else None
+    _check_label_range(out, path)
     return out
+
+
+#: labels up to this are believed whatever the examples' count (ImageNet numbers 1000 classes;
+#: a test set of a few images may hold only the high ones)
+FEW_CLASSES = 10_000
+
+
+def _check_label_range(arrays: dict, path) -> None:
+    """A label is a class number and the model gets one output per class: a stray 2**40 would
+    size a layer of 2**40 outputs. Labels beyond both the examples read (each class needs
+    some) and the class names, and beyond FEW_CLASSES, are refused."""
+    examples = sum(len(y) for key, y in arrays.items() if key.startswith("y_"))
+    bound = max(examples, len(arrays.get("class_names") or ()), FEW_CLASSES)
+    for key, y in arrays.items():
+        if key.startswith("y_") and len(y) and y.max() >= bound:
+            raise ValueError(f"{path}: {key}'s labels go up to {y.max()}, with {examples} "
+                             "examples in all: labels must number the classes 0..K-1")
+
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (an empty one: its end)
+
+
+def numpy_file_kind(path) -> str | None:
+    """"npz" or "npy" by the first bytes of the file at ``path``, None for anything else: for
+    that, np.load(allow_pickle=False) says the file "contains pickled (object) data" and
+    suggests allow_pickle=True, misleading for a text file or a picture."""
+    with open(path, "rb") as f:
+        head = f.read(len(NPY_MAGIC))
+    if head.startswith(ZIP_MAGICS):
+        return "npz"
+    return "npy" if head == NPY_MAGIC else None
+
+
+NOT_NUMPY = "not an .npz file (nor a .npy)"  # for messages
 
 
 def _load_npz(path, wanted) -> tuple[dict, list]:
     """The arrays named in ``wanted`` that the archive holds (never unpickling anything),
     and the names of all its arrays."""
+    try:
+        kind = numpy_file_kind(path)
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable ({exc.strerror})") from None
+    if kind is None:
+        raise ValueError(f"{path}: {NOT_NUMPY}")
     try:
         npz = np.load(path, allow_pickle=False)
         if not hasattr(npz, "files"):
@@ -211,9 +253,11 @@ def _images_to_nchw(x: np.ndarray, where) -> np.ndarray:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 2, 3, 4) and x.shape[3] in (1, 2, 3, 4):
         x = x.transpose(0, 3, 1, 2)
-    if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4) or len(x) == 0:
+    if x.ndim != 4 or x.shape[1] not in (1, 2, 3, 4):
         raise ValueError(f"{where}: expected images (N, H, W), (N, C, H, W) or (N, H, W, C), "
                          f"got shape {x.shape}")
+    if len(x) == 0:
+        raise ValueError(f"{where} holds no images")
     return np.ascontiguousarray(to_nchw_float(x, where))
 
 

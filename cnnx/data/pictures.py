@@ -24,6 +24,7 @@ skipped.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,28 @@ def read_picture(path, mode: str | None = None, size: tuple | None = None) -> np
             if img.mode in SIXTEEN_BIT_MODES:  # Pillow's convert("L") would clip them at 255
                 img = Image.fromarray(_sixteen_to_eight_bits(np.asarray(img), path), "L")
             mode = mode or ("L" if img.mode in GRAYSCALE_MODES else "RGB")
-            img = img.convert(mode)
+            try:
+                img = img.convert(mode)
+            except ValueError as exc:  # e.g. a LAB or CMYK-with-extras TIFF; Pillow names no file
+                raise ValueError(f"{path}: cannot convert its {img.mode} pixels to {mode} "
+                                 f"({exc}); save it as an RGB or grayscale picture") from None
             if size is not None and img.size != tuple(size):
                 img = img.resize(tuple(size))
             return np.asarray(img, dtype=np.uint8)
     except OSError as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from None
+    except Image.DecompressionBombError as exc:  # not an OSError; a header may claim any size
+        raise ValueError(f"{path}: {_too_large(exc)}") from None
+
+
+def _too_large(exc) -> str:
+    """Pillow's DecompressionBombError ("Image size (N pixels) exceeds limit of M pixels ...")
+    said in cnnx's words, with its numbers."""
+    numbers = [int(n) for n in re.findall(r"\d+", str(exc))]
+    if len(numbers) < 2:
+        return f"too large to decode safely ({exc}); shrink the picture"
+    return (f"too large to decode safely: {numbers[0]:,} pixels, where Pillow refuses more than "
+            f"{numbers[1]:,} (a guard against decompression bombs); shrink the picture")
 
 
 def _sixteen_to_eight_bits(pixels: np.ndarray, path) -> np.ndarray:

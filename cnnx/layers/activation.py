@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..shapes import is_int
 from .base import Layer
 
 
@@ -92,6 +93,8 @@ class Softmax(_Activation):
 
     def __init__(self, axis=1, dtype="float32"):
         super().__init__(dtype)
+        if not is_int(axis):
+            raise ValueError(f"{self.name}: axis must be an integer, got {axis!r}")
         self.axis = int(axis)
 
     def forward(self, x):
