@@ -228,12 +228,6 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
         raise click.BadParameter("--out and --resume name different directories", param_hint="--out")
     options = {k: v for k, v in options.items()
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
-    if not resume:  # a resumed run keeps its saved warm-up
-        options = run.shorten_recipe_warmup(options)
-    if not resume and options.get("val_split") == 0 and "patience" not in options:
-        options["patience"] = None  # no validation set: a recipe's early stopping goes too
-    if resume:  # before run.train, which would train nothing and rewrite result.json
-        run.check_epochs_left(resume, options)
     out = resume or out or run.default_out()
     try:
         result = run.train(options, out, device, resume=bool(resume),

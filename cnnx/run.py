@@ -207,7 +207,7 @@ def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConf
                              f"{ck.input_shape[1]},{ck.input_shape[2]} pixels and a resumed run "
                              "keeps its image size; start a new run for another")
     else:
-        base = models.recipe(options.get("model", TrainConfig.model))
+        base = _recipe_fitted(models.recipe(options.get("model", TrainConfig.model)), options)
     if "dataset" in options:  # saved as found now: a resume or evaluate elsewhere finds it too
         options = {**options, "dataset": data.absolute_path(options["dataset"])}
     merged = {**base, **options}
@@ -230,34 +230,31 @@ def _keep_the_training_set(options: dict, saved: dict) -> None:
                              f"training set; leave {option} out, or start a new run")
 
 
-def shorten_recipe_warmup(options: dict) -> dict:
-    """``options`` for a new run, with the model recipe's warm-up, when --warmup is not given,
-    shortened to half a run that --epochs makes shorter than twice it (fmnist-bn's one-epoch
-    warm-up with --epochs 1), so that the saved config says what is used. A --warmup given
-    is never changed: TrainConfig.check refuses one that is not shorter than the run."""
-    recipe = models.recipe(options.get("model", TrainConfig.model))
-    if "warmup" in options or "warmup" not in recipe:
-        return options
+def _recipe_fitted(recipe: dict, options: dict) -> dict:
+    """A model's training recipe for a new run with ``options``: its warm-up, when --warmup
+    is not given, shortened to half a run that --epochs makes shorter than twice it (fmnist-bn's
+    one-epoch warm-up with --epochs 1), so that the saved config says what is used (a --warmup
+    given is never changed: TrainConfig.check refuses one not shorter than the run); its early
+    stopping dropped with --val-split 0, which leaves nothing to stop on."""
+    recipe = dict(recipe)
     epochs = options.get("epochs", recipe.get("epochs", TrainConfig.epochs))
-    if recipe["warmup"] <= epochs / 2:
-        return options
-    return {**options, "warmup": epochs / 2}
+    if "warmup" not in options and recipe.get("warmup", 0) > epochs / 2:
+        recipe["warmup"] = epochs / 2
+    if options.get("val_split") == 0 and "patience" not in options:
+        recipe.pop("patience", None)
+    return recipe
 
 
-def check_epochs_left(out, options: dict) -> None:
-    """Before resuming the run in ``out``: ValueError unless it has epochs left to train, with
-    the ``options`` given (--epochs, --patience) over its saved ones. A run that trained all
-    its epochs, or stopped early, would train nothing and still rewrite result.json."""
-    ck = checkpoint.load(Path(out) / "checkpoint.npz")
-    saved = ck.header.get("config") or {}
-    epochs = options.get("epochs", saved.get("epochs", TrainConfig.epochs))
-    if ck.epoch >= epochs:
+def check_epochs_left(ck: checkpoint.Checkpoint, cfg: TrainConfig, out) -> None:
+    """Before resuming the run in ``out`` from ``ck`` with settings ``cfg``: ValueError unless
+    it has epochs left to train. A run that trained all its epochs, or stopped early, would
+    train nothing and still rewrite result.json."""
+    if ck.epoch >= cfg.epochs:
         raise ValueError(f"{out} already trained {ck.epoch} epoch{'s' if ck.epoch != 1 else ''}: "
                          f"give --epochs above {ck.epoch} to train on")
-    patience = options.get("patience", saved.get("patience"))
-    if not ck.step and stop_early([r.get("val_loss") for r in ck.metrics], patience):
-        raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {patience}): give a "
-                         "larger --patience to go on")
+    if not ck.step and stop_early([r.get("val_loss") for r in ck.metrics], cfg.patience):
+        raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {cfg.patience}): "
+                         "give a larger --patience to go on")
 
 
 def default_out() -> Path:
@@ -299,6 +296,8 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
         raise ValueError(f"{out} already holds a run: continue it with --resume {out} "
                          "or choose another --out")
     cfg = resolve_config(options, ck)
+    if ck is not None:  # before anything is read or written
+        check_epochs_left(ck, cfg, out)
     backend = get_backend(device)
     prep = prepare_data(cfg, log=listener.message)
     if ck is not None:

@@ -228,7 +228,7 @@ class Session:
 def make_schedule(cfg):
     """The learning-rate schedule of ``cfg`` (None: the constant rate, nothing to do).
     ``step`` divides the rate by 10 after each third of the run. The warm-up is the config's,
-    shorter than the run (TrainConfig.check; run.shorten_recipe_warmup fits a recipe's to a
+    shorter than the run (TrainConfig.check; run._recipe_fitted fits a recipe's to a
     short run before the config is saved, so that it records what is used)."""
     warmup = cfg.warmup
     if cfg.schedule == "constant" and not warmup:
