@@ -91,7 +91,8 @@ class Session:
     # ---------------------------------------------------------------- training
     def run(self) -> None:
         epoch, step = self.start
-        if epoch >= self.cfg.epochs or self.should_stop():
+        if epoch >= self.cfg.epochs or self.should_stop():  # stopped before its results
+            self.listener.message(f"no epochs left to train: writing the results of {self.out}")
             return
         self.epoch_started = time.perf_counter()  # time before this point is not training
         fit(self.model, self.loss, self.optimizer, *self.prep.train, epochs=self.cfg.epochs,
@@ -219,9 +220,11 @@ class Session:
             "best_epoch": self.best["epoch"] if self.best else None,
             "diagnosis": diagnosis, "config": dataclasses.asdict(self.cfg), "out": str(self.out),
         }
+        # result.json is written last: its presence tells a finished run (run.wrote_result)
+        curves = bool(self.history) and report.plot_curves(self.history, self.out / "curves.png")
         text = json.dumps(result, indent=2) + "\n"
         checkpoint.atomic_write(self.out / "result.json", lambda f: f.write(text), mode="w")
-        result["curves"] = self.history and report.plot_curves(self.history, self.out / "curves.png")
+        result["curves"] = curves
         return result
 
 
