@@ -17,7 +17,7 @@ from .schedules import SCHEDULES
 from .train import TrainingDiverged, batch_slices, epoch_order, evaluate, fit, stop_early
 
 RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
-TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
+TRAIN_SUBSET_FOR_J = 10_000  # at most this many training examples measure J_train at the end
 OWN, HELD_OUT = "the dataset's own", "held out of train"  # where a validation set came from
 
 
@@ -207,8 +207,8 @@ class Session:
         batch = max(self.cfg.batch_size, 256)
         test = evaluate(self.model, self.loss, *self.prep.test, batch_size=batch)
         x, y = self.prep.train
-        j_train = evaluate(self.model, self.loss, x[:TRAIN_SUBSET_FOR_J], y[:TRAIN_SUBSET_FOR_J],
-                           batch_size=batch)["loss"]
+        every = -(-len(y) // TRAIN_SUBSET_FOR_J)  # spread over the set, which may be in class order
+        j_train = evaluate(self.model, self.loss, x[::every], y[::every], batch_size=batch)["loss"]
         j_cv = self.history[-1]["val_loss"] if self.history else None
         diagnosis = report.diagnose(j_train, j_cv, self.prep.dataset.num_classes,
                                     weight_decay=self.cfg.weight_decay)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import cnnx
+import cnnx.session
 from cnnx import backends, checkpoint, data, report
 from cnnx.data.synthetic import make_synthetic
 from cli_helpers import invoke, one_line_error, run_cnnx, train_args
@@ -397,6 +398,28 @@ def test_bias_variance_diagnosis(j_train, j_cv, verdict):
         assert "decrease λ" not in no_decay and "train longer" in no_decay
         with_decay = report.format_diagnosis(report.diagnose(j_train, j_cv, 10, weight_decay=1e-4))
         assert "decrease λ" in with_decay
+
+
+def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
+    """J_train is the loss over a subset of the training set (TRAIN_SUBSET_FOR_J images); of a
+    dataset stored class by class (as directories of pictures are read) its first images would
+    be of the first classes only, and the diagnosis would compare their loss with J_cv."""
+    d = make_synthetic(400, 50, seed=1)
+    order = np.argsort(d["y_train"], kind="stable")
+    np.savez(tmp_path / "sorted.npz", x_train=d["x_train"][order], y_train=d["y_train"][order],
+             x_test=d["x_test"], y_test=d["y_test"])
+    monkeypatch.setattr(cnnx.session, "TRAIN_SUBSET_FOR_J", 100)
+    real_evaluate, labels = cnnx.session.evaluate, []
+
+    def evaluate(model, loss, x, y, **kwargs):
+        labels.append(np.asarray(y))
+        return real_evaluate(model, loss, x, y, **kwargs)
+
+    monkeypatch.setattr(cnnx.session, "evaluate", evaluate)
+    result = invoke(*train_args(tmp_path / "sorted.npz", tmp_path / "run", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    j_train_labels = labels[-1]  # the last evaluation: J_train, after the test set's
+    assert len(j_train_labels) <= 100 and set(j_train_labels) == set(range(10))
 
 
 @pytest.mark.parametrize("losses, patience, stop", [
