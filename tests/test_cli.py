@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 import cnnx
+import cnnx.cli
+import cnnx.console
 import cnnx.session
+import cnnx.train
 from cnnx import backends, checkpoint, data, report
 from cnnx.data.synthetic import make_synthetic
 from cli_helpers import invoke, one_line_error, run_cnnx, train_args
@@ -398,6 +401,33 @@ def test_bias_variance_diagnosis(j_train, j_cv, verdict):
         assert "decrease λ" not in no_decay and "train longer" in no_decay
         with_decay = report.format_diagnosis(report.diagnose(j_train, j_cv, 10, weight_decay=1e-4))
         assert "decrease λ" in with_decay
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_an_error_inside_an_epoch_starts_a_line_of_its_own_after_the_progress_line(
+        tiny, tmp_path, monkeypatch, stop):
+    """On a terminal the progress line is redrawn in place, without a newline: Ctrl-C or an
+    error inside an epoch was printed on its end ("... ETA 0:01Error: interrupted")."""
+    class Terminal(cnnx.console.ConsoleListener):
+        def __init__(self, quiet=False):
+            super().__init__(quiet)
+            self.live = True  # as on a terminal
+
+    monkeypatch.setattr(cnnx.cli, "ConsoleListener", Terminal)
+    monkeypatch.setattr(cnnx.console, "REFRESH_S", 0.0)
+    real_step, calls = cnnx.train.train_step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 15 + 5:  # inside epoch 2: epoch 1's checkpoint is there
+            raise stop
+        return real_step(*args)
+
+    monkeypatch.setattr(cnnx.train, "train_step", step)
+    result = invoke(*train_args(tiny, tmp_path / "run", "--epochs", 2))
+    assert result.exit_code in (1, 130)
+    assert "\repoch 2/2 [" in result.stderr
+    assert re.search(r"ETA \d+:\d\d\nError: ", result.stderr), result.stderr[-300:]
 
 
 def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
