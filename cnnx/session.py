@@ -131,7 +131,9 @@ class Session:
             self.save(self.out / "checkpoint.npz", info["epoch"], done, partial=self._partial_now())
 
     def on_epoch(self, record: dict):
-        seconds = self.seconds_before + self._elapsed()
+        # fit's seconds are the training loop's, as the progress line's rate: not the
+        # validation pass after it, which would dwarf a small epoch's time
+        seconds = self.seconds_before + record["seconds"]
         record = dict(record, seconds=seconds, images_per_second=self.seen / max(seconds, 1e-9),
                       train_loss=self._scalar(self.loss_sum) / max(self.seen, 1),
                       train_accuracy=self._scalar(self.correct) / max(self.seen, 1))

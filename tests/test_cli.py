@@ -430,6 +430,28 @@ def test_an_error_inside_an_epoch_starts_a_line_of_its_own_after_the_progress_li
     assert re.search(r"ETA \d+:\d\d\nError: ", result.stderr), result.stderr[-300:]
 
 
+def test_an_epochs_images_per_second_count_its_training_not_its_validation(tiny, tmp_path,
+                                                                           monkeypatch):
+    """The epoch line's img/s and seconds are those of training, as the progress line's: a
+    validation pass (here made to take 1000 s) was counted in, and a small epoch with a large
+    validation set showed a fraction of the training speed."""
+    import time
+    real_clock, offset = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + offset[0])
+    real_evaluate = cnnx.train.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        offset[0] += 1000.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(cnnx.train, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 2)).exit_code == 0
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["seconds"] < 1000 and record["images_per_second"] > 480 / 1000, record
+
+
 def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
     """J_train is the loss over a subset of the training set (TRAIN_SUBSET_FOR_J images); of a
     dataset stored class by class (as directories of pictures are read) its first images would
