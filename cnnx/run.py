@@ -251,12 +251,12 @@ def check_epochs_left(ck: checkpoint.Checkpoint, cfg: TrainConfig, out) -> None:
     it has epochs left to train. A run that trained all its epochs, or stopped early, would
     train nothing and still rewrite result.json; unless it was stopped (Ctrl-C, a full disk)
     after its last epoch, before its result.json was written: resuming it writes its results."""
-    finished = wrote_result(out, ck)
-    if ck.epoch > cfg.epochs or (ck.epoch == cfg.epochs and finished):
+    unfinished = not ck.step and not wrote_result(out, ck)  # its results are left to write
+    if ck.epoch > cfg.epochs or (ck.epoch == cfg.epochs and not unfinished):
         raise ValueError(f"{out} already trained {ck.epoch} epoch{'s' if ck.epoch != 1 else ''}: "
                          f"give --epochs above {ck.epoch} to train on")
-    if finished and not ck.step and stop_early([r.get("val_loss") for r in ck.metrics],
-                                               cfg.patience):
+    if not ck.step and not unfinished and stop_early([r.get("val_loss") for r in ck.metrics],
+                                                     cfg.patience):
         raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {cfg.patience}): "
                          "give a larger --patience to go on")
 

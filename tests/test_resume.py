@@ -50,6 +50,8 @@ def test_resume_after_interrupt_mid_epoch_is_bitwise(tiny, tmp_path, uninterrupt
     ck = checkpoint.load(out / "checkpoint.npz")
     assert (ck.epoch, ck.step) == (1, 8)
     monkeypatch.setattr(cnnx.train, "train_step", real_step)
+    assert one_line_error(invoke("train", "--resume", out, "--epochs", 1)) == (  # inside epoch 2
+        f"Error: {out} already trained 1 epoch: give --epochs above 1 to train on")
     assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
     assert final_state(out) == uninterrupted
 
