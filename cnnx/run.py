@@ -334,6 +334,7 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
                      f"{out}")
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
+    session.write_metrics()  # now, not after an epoch: a directory it cannot write says so at once
     try:
         # A diverging run overflows long before its loss reads NaN: TrainingDiverged says so
         # in one line, instead of NumPy's warnings from deep inside the layers.

@@ -76,7 +76,7 @@ class Session:
                     f"{ck.path}: the training data or its shuffling differ from the run that "
                     "saved this checkpoint; it cannot be resumed exactly")
             self._sums(ck.header.get("partial"))
-        self._write_metrics()  # in case the run died between its checkpoint and its metrics
+        self.write_metrics()  # in case the run died between its checkpoint and its metrics
 
     def _sums(self, partial: dict | None) -> None:
         """Running totals of the epoch in progress (restored when resuming mid-epoch)."""
@@ -145,7 +145,7 @@ class Session:
         path = self.save(self.out / "checkpoint.npz", record["epoch"], 0)
         if improved:
             checkpoint.atomic_write(self.out / "best.npz", lambda f: f.write(path.read_bytes()))
-        self._write_metrics()
+        self.write_metrics()
         self.listener.epoch(record)
         self._sums(None)
         if self.should_stop():
@@ -199,7 +199,8 @@ class Session:
             validation=validation_source(ds), test=test_source(ds),
             rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
 
-    def _write_metrics(self) -> None:
+    def write_metrics(self) -> None:
+        """metrics.jsonl: one line per finished epoch (none before the first)."""
         text = "".join(json.dumps(r) + "\n" for r in self.history)
         checkpoint.atomic_write(self.out / "metrics.jsonl", lambda f: f.write(text), mode="w")
 

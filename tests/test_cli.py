@@ -452,6 +452,22 @@ def test_an_epochs_images_per_second_count_its_training_not_its_validation(tiny,
         assert record["seconds"] < 1000 and record["images_per_second"] > 480 / 1000, record
 
 
+def test_a_run_directory_that_cannot_be_written_is_refused_before_training(tiny, tmp_path,
+                                                                           monkeypatch):
+    """A read-only directory (as a read-only mount; root writes through chmod) failed only
+    at the first checkpoint, after a whole epoch of training."""
+    def read_only(*args):
+        raise OSError(30, "Read-only file system")  # EROFS
+
+    steps = []
+    monkeypatch.setattr(cnnx.checkpoint.os, "replace", read_only)
+    monkeypatch.setattr(cnnx.train, "train_step", lambda *args: steps.append(1))
+    out = tmp_path / "run"
+    assert one_line_error(invoke(*train_args(tiny, out))) == (
+        f"Error: cannot write {out / 'metrics.jsonl'}: Read-only file system")
+    assert steps == []
+
+
 def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
     """J_train is the loss over a subset of the training set (TRAIN_SUBSET_FOR_J images); of a
     dataset stored class by class (as directories of pictures are read) its first images would
