@@ -229,15 +229,18 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
     options = {k: v for k, v in options.items()
                if ctx.get_parameter_source(k) != ParameterSource.DEFAULT}
     out = resume or out or run.default_out()
+    listener = ConsoleListener(quiet)
     try:
-        result = run.train(options, out, device, resume=bool(resume),
-                           listener=ConsoleListener(quiet), cuda_graph=cuda_graph)
+        result = run.train(options, out, device, resume=bool(resume), listener=listener,
+                           cuda_graph=cuda_graph)
     except KeyboardInterrupt:
         if not (Path(out) / "checkpoint.npz").exists():  # stopped before its first checkpoint
             raise Interrupted("interrupted before the first checkpoint, so there is nothing to "
                               "resume (--checkpoint-every N saves within an epoch)") from None
         raise Interrupted(f"interrupted; the last checkpoint is intact: continue with "
                           f"cnnx train --resume {out}") from None
+    finally:
+        listener.end_line()  # the error, if any, on a line of its own
     epochs = f"{result['epochs']} epoch" + ("s" if result["epochs"] != 1 else "")
     click.echo(f"test accuracy {result['test_accuracy']:.4f} (loss {result['test_loss']:.4f}) "
                f"after {epochs}, {result['seconds']:.1f} s on {result['device']}")

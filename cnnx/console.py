@@ -43,6 +43,13 @@ class ConsoleListener(Listener):
         if not self.quiet:
             click.echo(epoch_line(record))
 
+    def end_line(self) -> None:
+        """End a progress line left drawn (the run stopped inside an epoch: Ctrl-C, an error),
+        so that what is printed next starts a line of its own."""
+        if self._drawn:
+            click.echo(err=True)
+            self._drawn = False
+
 
 def progress_line(s: dict) -> str:
     done = s["seen"] / max(s["epoch_size"], 1)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import shutil
 import time
@@ -248,13 +249,26 @@ def _recipe_fitted(recipe: dict, options: dict) -> dict:
 def check_epochs_left(ck: checkpoint.Checkpoint, cfg: TrainConfig, out) -> None:
     """Before resuming the run in ``out`` from ``ck`` with settings ``cfg``: ValueError unless
     it has epochs left to train. A run that trained all its epochs, or stopped early, would
-    train nothing and still rewrite result.json."""
-    if ck.epoch >= cfg.epochs:
+    train nothing and still rewrite result.json; unless it was stopped (Ctrl-C, a full disk)
+    after its last epoch, before its result.json was written: resuming it writes its results."""
+    unfinished = not ck.step and not wrote_result(out, ck)  # its results are left to write
+    if ck.epoch > cfg.epochs or (ck.epoch == cfg.epochs and not unfinished):
         raise ValueError(f"{out} already trained {ck.epoch} epoch{'s' if ck.epoch != 1 else ''}: "
                          f"give --epochs above {ck.epoch} to train on")
-    if not ck.step and stop_early([r.get("val_loss") for r in ck.metrics], cfg.patience):
+    if not ck.step and not unfinished and stop_early([r.get("val_loss") for r in ck.metrics],
+                                                     cfg.patience):
         raise ValueError(f"{out} stopped early at epoch {ck.epoch} (patience {cfg.patience}): "
                          "give a larger --patience to go on")
+
+
+def wrote_result(out, ck: checkpoint.Checkpoint) -> bool:
+    """Whether the run in ``out`` wrote its result.json (the last file a run writes) after the
+    epochs of its checkpoint ``ck``."""
+    try:
+        result = json.loads((Path(out) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and result.get("epochs") == ck.epoch
 
 
 def default_out() -> Path:
@@ -320,11 +334,13 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
                      f"{out}")
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
+    session.write_metrics()  # now, not after an epoch: a directory it cannot write says so at once
     try:
         # A diverging run overflows long before its loss reads NaN: TrainingDiverged says so
         # in one line, instead of NumPy's warnings from deep inside the layers.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             session.run()
+        return session.finish()
     except TrainingDiverged as exc:
         if (out / "checkpoint.npz").exists():
             raise TrainingDiverged(f"{exc}; the last checkpoint, from before, is intact: "
@@ -337,7 +353,6 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
             error.errno = exc.errno
             raise error from exc
         raise
-    return session.finish()
 
 
 def make_optimizer(cfg: TrainConfig, model):

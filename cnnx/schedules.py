@@ -40,7 +40,10 @@ class StepDecay(Schedule):
         self.step_epochs, self.gamma = float(step_epochs), float(gamma)
 
     def decay(self, progress):
-        return self.gamma ** math.floor(progress / self.step_epochs)
+        # + 1e-9 steps: a step that starts exactly at a boundary may come as a hair below it
+        # (fit's epoch + step / steps: 1 + 2/3 is 1.6666666666666665, a third of 5 epochs
+        # 1.6666666666666667); it takes the new rate, one step sooner than floor alone gives
+        return self.gamma ** math.floor(progress / self.step_epochs + 1e-9)
 
 
 class Cosine(Schedule):

@@ -17,7 +17,7 @@ from .schedules import SCHEDULES
 from .train import TrainingDiverged, batch_slices, epoch_order, evaluate, fit, stop_early
 
 RNG_SCHEME = "cnnx.train.epoch_order(seed, epoch)"  # how the shuffle order is derived
-TRAIN_SUBSET_FOR_J = 10_000  # training examples used to measure J_train at the end
+TRAIN_SUBSET_FOR_J = 10_000  # at most this many training examples measure J_train at the end
 OWN, HELD_OUT = "the dataset's own", "held out of train"  # where a validation set came from
 
 
@@ -76,7 +76,7 @@ class Session:
                     f"{ck.path}: the training data or its shuffling differ from the run that "
                     "saved this checkpoint; it cannot be resumed exactly")
             self._sums(ck.header.get("partial"))
-        self._write_metrics()  # in case the run died between its checkpoint and its metrics
+        self.write_metrics()  # in case the run died between its checkpoint and its metrics
 
     def _sums(self, partial: dict | None) -> None:
         """Running totals of the epoch in progress (restored when resuming mid-epoch)."""
@@ -91,7 +91,8 @@ class Session:
     # ---------------------------------------------------------------- training
     def run(self) -> None:
         epoch, step = self.start
-        if epoch >= self.cfg.epochs or self.should_stop():
+        if epoch >= self.cfg.epochs or self.should_stop():  # stopped before its results
+            self.listener.message(f"no epochs left to train: writing the results of {self.out}")
             return
         self.epoch_started = time.perf_counter()  # time before this point is not training
         fit(self.model, self.loss, self.optimizer, *self.prep.train, epochs=self.cfg.epochs,
@@ -130,7 +131,9 @@ class Session:
             self.save(self.out / "checkpoint.npz", info["epoch"], done, partial=self._partial_now())
 
     def on_epoch(self, record: dict):
-        seconds = self.seconds_before + self._elapsed()
+        # fit's seconds are the training loop's, as the progress line's rate: not the
+        # validation pass after it, which would dwarf a small epoch's time
+        seconds = self.seconds_before + record["seconds"]
         record = dict(record, seconds=seconds, images_per_second=self.seen / max(seconds, 1e-9),
                       train_loss=self._scalar(self.loss_sum) / max(self.seen, 1),
                       train_accuracy=self._scalar(self.correct) / max(self.seen, 1))
@@ -142,7 +145,7 @@ class Session:
         path = self.save(self.out / "checkpoint.npz", record["epoch"], 0)
         if improved:
             checkpoint.atomic_write(self.out / "best.npz", lambda f: f.write(path.read_bytes()))
-        self._write_metrics()
+        self.write_metrics()
         self.listener.epoch(record)
         self._sums(None)
         if self.should_stop():
@@ -196,7 +199,8 @@ class Session:
             validation=validation_source(ds), test=test_source(ds),
             rng={"seed": self.cfg.seed, "scheme": RNG_SCHEME}, partial=partial)
 
-    def _write_metrics(self) -> None:
+    def write_metrics(self) -> None:
+        """metrics.jsonl: one line per finished epoch (none before the first)."""
         text = "".join(json.dumps(r) + "\n" for r in self.history)
         checkpoint.atomic_write(self.out / "metrics.jsonl", lambda f: f.write(text), mode="w")
 
@@ -206,8 +210,8 @@ class Session:
         batch = max(self.cfg.batch_size, 256)
         test = evaluate(self.model, self.loss, *self.prep.test, batch_size=batch)
         x, y = self.prep.train
-        j_train = evaluate(self.model, self.loss, x[:TRAIN_SUBSET_FOR_J], y[:TRAIN_SUBSET_FOR_J],
-                           batch_size=batch)["loss"]
+        every = -(-len(y) // TRAIN_SUBSET_FOR_J)  # spread over the set, which may be in class order
+        j_train = evaluate(self.model, self.loss, x[::every], y[::every], batch_size=batch)["loss"]
         j_cv = self.history[-1]["val_loss"] if self.history else None
         diagnosis = report.diagnose(j_train, j_cv, self.prep.dataset.num_classes,
                                     weight_decay=self.cfg.weight_decay)
@@ -219,9 +223,11 @@ class Session:
             "best_epoch": self.best["epoch"] if self.best else None,
             "diagnosis": diagnosis, "config": dataclasses.asdict(self.cfg), "out": str(self.out),
         }
+        # result.json is written last: its presence tells a finished run (run.wrote_result)
+        curves = bool(self.history) and report.plot_curves(self.history, self.out / "curves.png")
         text = json.dumps(result, indent=2) + "\n"
         checkpoint.atomic_write(self.out / "result.json", lambda f: f.write(text), mode="w")
-        result["curves"] = self.history and report.plot_curves(self.history, self.out / "curves.png")
+        result["curves"] = curves
         return result
 
 

@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 import cnnx
+import cnnx.cli
+import cnnx.console
+import cnnx.session
+import cnnx.train
 from cnnx import backends, checkpoint, data, report
 from cnnx.data.synthetic import make_synthetic
 from cli_helpers import invoke, one_line_error, run_cnnx, train_args
@@ -397,6 +401,93 @@ def test_bias_variance_diagnosis(j_train, j_cv, verdict):
         assert "decrease λ" not in no_decay and "train longer" in no_decay
         with_decay = report.format_diagnosis(report.diagnose(j_train, j_cv, 10, weight_decay=1e-4))
         assert "decrease λ" in with_decay
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), OSError(28, "No space left on device")])
+def test_an_error_inside_an_epoch_starts_a_line_of_its_own_after_the_progress_line(
+        tiny, tmp_path, monkeypatch, stop):
+    """On a terminal the progress line is redrawn in place, without a newline: Ctrl-C or an
+    error inside an epoch was printed on its end ("... ETA 0:01Error: interrupted")."""
+    class Terminal(cnnx.console.ConsoleListener):
+        def __init__(self, quiet=False):
+            super().__init__(quiet)
+            self.live = True  # as on a terminal
+
+    monkeypatch.setattr(cnnx.cli, "ConsoleListener", Terminal)
+    monkeypatch.setattr(cnnx.console, "REFRESH_S", 0.0)
+    real_step, calls = cnnx.train.train_step, []
+
+    def step(*args):
+        calls.append(1)
+        if len(calls) == 15 + 5:  # inside epoch 2: epoch 1's checkpoint is there
+            raise stop
+        return real_step(*args)
+
+    monkeypatch.setattr(cnnx.train, "train_step", step)
+    result = invoke(*train_args(tiny, tmp_path / "run", "--epochs", 2))
+    assert result.exit_code in (1, 130)
+    assert "\repoch 2/2 [" in result.stderr
+    assert re.search(r"ETA \d+:\d\d\nError: ", result.stderr), result.stderr[-300:]
+
+
+def test_an_epochs_images_per_second_count_its_training_not_its_validation(tiny, tmp_path,
+                                                                           monkeypatch):
+    """The epoch line's img/s and seconds are those of training, as the progress line's: a
+    validation pass (here made to take 1000 s) was counted in, and a small epoch with a large
+    validation set showed a fraction of the training speed."""
+    import time
+    real_clock, offset = time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + offset[0])
+    real_evaluate = cnnx.train.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        offset[0] += 1000.0
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(cnnx.train, "evaluate", slow_evaluate)
+    out = tmp_path / "run"
+    assert invoke(*train_args(tiny, out, "--epochs", 2)).exit_code == 0
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["seconds"] < 1000 and record["images_per_second"] > 480 / 1000, record
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_before_training(tiny, tmp_path,
+                                                                           monkeypatch):
+    """A read-only directory (as a read-only mount; root writes through chmod) failed only
+    at the first checkpoint, after a whole epoch of training."""
+    def read_only(*args):
+        raise OSError(30, "Read-only file system")  # EROFS
+
+    steps = []
+    monkeypatch.setattr(cnnx.checkpoint.os, "replace", read_only)
+    monkeypatch.setattr(cnnx.train, "train_step", lambda *args: steps.append(1))
+    out = tmp_path / "run"
+    assert one_line_error(invoke(*train_args(tiny, out))) == (
+        f"Error: cannot write {out / 'metrics.jsonl'}: Read-only file system")
+    assert steps == []
+
+
+def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
+    """J_train is the loss over a subset of the training set (TRAIN_SUBSET_FOR_J images); of a
+    dataset stored class by class (as directories of pictures are read) its first images would
+    be of the first classes only, and the diagnosis would compare their loss with J_cv."""
+    d = make_synthetic(400, 50, seed=1)
+    order = np.argsort(d["y_train"], kind="stable")
+    np.savez(tmp_path / "sorted.npz", x_train=d["x_train"][order], y_train=d["y_train"][order],
+             x_test=d["x_test"], y_test=d["y_test"])
+    monkeypatch.setattr(cnnx.session, "TRAIN_SUBSET_FOR_J", 100)
+    real_evaluate, labels = cnnx.session.evaluate, []
+
+    def evaluate(model, loss, x, y, **kwargs):
+        labels.append(np.asarray(y))
+        return real_evaluate(model, loss, x, y, **kwargs)
+
+    monkeypatch.setattr(cnnx.session, "evaluate", evaluate)
+    result = invoke(*train_args(tmp_path / "sorted.npz", tmp_path / "run", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    j_train_labels = labels[-1]  # the last evaluation: J_train, after the test set's
+    assert len(j_train_labels) <= 100 and set(j_train_labels) == set(range(10))
 
 
 @pytest.mark.parametrize("losses, patience, stop", [

@@ -50,6 +50,8 @@ def test_resume_after_interrupt_mid_epoch_is_bitwise(tiny, tmp_path, uninterrupt
     ck = checkpoint.load(out / "checkpoint.npz")
     assert (ck.epoch, ck.step) == (1, 8)
     monkeypatch.setattr(cnnx.train, "train_step", real_step)
+    assert one_line_error(invoke("train", "--resume", out, "--epochs", 1)) == (  # inside epoch 2
+        f"Error: {out} already trained 1 epoch: give --epochs above 1 to train on")
     assert invoke("train", "--resume", out, "--device", "cpu").exit_code == 0
     assert final_state(out) == uninterrupted
 
@@ -264,3 +266,34 @@ def test_a_best_npz_that_failed_to_be_written_is_written_on_resume(tiny, tmp_pat
     assert result.exit_code == 0, result.output
     best = json.loads((out / "result.json").read_text())["best_epoch"]
     assert checkpoint.load(out / "best.npz").epoch == best
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left")])
+def test_a_run_stopped_while_writing_its_results_is_finished_by_resume(tiny, tmp_path,
+                                                                       uninterrupted, monkeypatch,
+                                                                       stop):
+    """Ctrl-C or a full disk after the last epoch, before result.json: the error says to
+    resume, and the resume trains nothing and writes the results (it was refused: "already
+    trained 3 epochs")."""
+    out = tmp_path / "run"
+    real_write = checkpoint.atomic_write
+
+    def write(path, *args, **kwargs):
+        if path.name == "result.json":
+            raise stop
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", write)
+    result = invoke(*train_args(tiny, out, "--epochs", 3))
+    assert result.exit_code == (130 if isinstance(stop, KeyboardInterrupt) else 1)
+    assert f"continue with cnnx train --resume {out}" in " ".join(result.output.split())
+    assert not (out / "result.json").exists()
+    monkeypatch.setattr(checkpoint, "atomic_write", real_write)
+    trained = (out / "checkpoint.npz").read_bytes()
+    resumed = invoke("train", "--resume", out, "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    assert "no epochs left to train: writing the results" in resumed.stderr
+    assert (out / "checkpoint.npz").read_bytes() == trained and final_state(out) == uninterrupted
+    assert json.loads((out / "result.json").read_text())["epochs"] == 3
+    assert one_line_error(invoke("train", "--resume", out)) == (
+        f"Error: {out} already trained 3 epochs: give --epochs above 3 to train on")

@@ -4,6 +4,7 @@ early stopping (issue 6's building blocks), on every available backend."""
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -156,6 +157,19 @@ def test_schedules():
     cos = Cosine(1.0, total_epochs=11, warmup_epochs=1)
     assert cos(0.5) == pytest.approx(0.5, rel=0.01)  # half-way through the warm-up
     assert cos(1) == pytest.approx(1.0) and cos(6) == pytest.approx(0.5) and cos(11) == pytest.approx(0)
+
+
+@pytest.mark.parametrize("epochs", range(1, 13))
+def test_a_step_decay_starts_at_the_first_step_of_its_third_of_the_run(epochs):
+    """fit asks for the rate at ``epoch + step / steps``: a step that begins exactly at a third
+    of the run (epoch 1, step 2 of 3 when a third is 5/3 epochs) takes the new rate, though
+    1 + 2/3 rounds to a hair below 5/3."""
+    schedule = StepDecay(1.0, step_epochs=epochs / 3)
+    for steps in range(1, 13):
+        for position in range(epochs * steps):
+            thirds = Fraction(position, steps) // Fraction(epochs, 3)  # exact arithmetic
+            epoch, step = divmod(position, steps)
+            assert schedule(epoch + step / steps) == pytest.approx(0.1 ** thirds), (steps, epoch)
 
 
 @pytest.mark.parametrize("schedule", [Constant, lambda lr, warmup_epochs: StepDecay(
