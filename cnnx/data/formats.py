@@ -14,6 +14,7 @@ import gzip
 import io
 import pickle
 import tarfile
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -228,6 +229,13 @@ def numpy_file_kind(path) -> str | None:
 
 NOT_NUMPY = "not an .npz file (nor a .npy)"  # for messages
 
+#: What np.load and reading an archive's members raise for a damaged file: besides ValueError
+#: and the I/O errors, zlib.error (a corrupt compressed member), NotImplementedError (a zip
+#: compression method Python lacks, or a newer zip version) and tokenize.TokenError (a .npy
+#: header cut or garbled).
+NUMPY_LOAD_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                     NotImplementedError, tokenize.TokenError)
+
 
 def _load_npz(path, wanted) -> tuple[dict, list]:
     """The arrays named in ``wanted`` that the archive holds (never unpickling anything),
@@ -244,7 +252,7 @@ def _load_npz(path, wanted) -> tuple[dict, list]:
             raise ValueError("a single array, not an .npz archive")
         with npz:
             return {k: npz[k] for k in npz.files if k in wanted}, list(npz.files)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except NUMPY_LOAD_ERRORS as exc:
         raise ValueError(f"{path}: corrupt or unreadable .npz ({exc})") from None
 
 

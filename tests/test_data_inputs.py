@@ -1,0 +1,73 @@
+"""Data files as users bring them: damaged archives, unusual arrays and names, partial copies of
+a known dataset; and what reading and standardizing a dataset costs in memory."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from cnnx import data, tools
+from cnnx.data import formats, sources
+from datafiles import tiny_arrays
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No real cache, system dataset, mirror or network: only what a test provides."""
+    for name in ("CNNX_DATA", "CNNX_MIRROR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CNNX_OFFLINE", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "SYSTEM_DIRS", [])
+
+
+# ----------------------------------------------------------------------- damaged files
+def _zip_member_offsets(raw: bytes, name: bytes):
+    """(local header offset, central directory entry offset) of the member ``name``."""
+    local = raw.index(b"PK\x03\x04")
+    while raw[local + 30:local + 30 + len(name)] != name:
+        local = raw.index(b"PK\x03\x04", local + 4)
+    central = raw.index(b"PK\x01\x02")
+    while raw[central + 46:central + 46 + len(name)] != name:
+        central = raw.index(b"PK\x01\x02", central + 4)
+    return local, central
+
+
+def _garbled_deflate(raw: bytes) -> bytes:
+    """The compressed x_train member's data starts with an invalid deflate block type."""
+    local, _ = _zip_member_offsets(raw, b"x_train.npy")
+    name_len, extra_len = (int.from_bytes(raw[local + o:local + o + 2], "little") for o in (26, 28))
+    start = local + 30 + name_len + extra_len
+    return raw[:start] + b"\xff" + raw[start + 1:]
+
+
+def _unsupported_method(raw: bytes) -> bytes:
+    """x_train.npy marked as compressed by Deflate64 (method 9, Windows' zip for large files),
+    which Python's zipfile cannot read."""
+    local, central = _zip_member_offsets(raw, b"x_train.npy")
+    raw = bytearray(raw)
+    raw[local + 8:local + 10] = raw[central + 10:central + 12] = (9).to_bytes(2, "little")
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("damage, save, message", [
+    (_garbled_deflate, np.savez_compressed, "invalid block type"),
+    (_unsupported_method, np.savez, "compression method is not supported"),
+])
+def test_a_damaged_npz_member_is_a_one_line_error(tmp_path, damage, save, message):
+    buffer = io.BytesIO()
+    save(buffer, **tiny_arrays())
+    (tmp_path / "d.npz").write_bytes(damage(buffer.getvalue()))
+    with pytest.raises(ValueError, match=rf"d\.npz: corrupt or unreadable \.npz \(.*{message}"):
+        data.load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_a_npy_with_a_garbled_header_is_a_one_line_error(tmp_path):
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((2, 1, 28, 28), np.float32))
+    raw = buffer.getvalue().replace(b"'shape': (2, 1, 28, 28)", b"'shape': (2, 1, 2), 28)")
+    (tmp_path / "x.npy").write_bytes(raw)
+    with pytest.raises(ValueError, match=r"x\.npy: unreadable \.npy"):
+        tools.read_images(tmp_path / "x.npy", (1, 28, 28))
