@@ -4,6 +4,7 @@ a known dataset; and what reading and standardizing a dataset costs in memory.""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -71,3 +72,22 @@ def test_a_npy_with_a_garbled_header_is_a_one_line_error(tmp_path):
     (tmp_path / "x.npy").write_bytes(raw)
     with pytest.raises(ValueError, match=r"x\.npy: unreadable \.npy"):
         tools.read_images(tmp_path / "x.npy", (1, 28, 28))
+
+
+# ----------------------------------------------------------------------------- arrays
+@pytest.mark.parametrize("names, expected", [
+    (np.array(["cat", "dög", "eel"]), ["cat", "dög", "eel"]),
+    (np.array([b"cat", "dög".encode(), b"eel"]), ["cat", "dög", "eel"]),  # bytes, as Python 2 saved
+    (np.arange(3), ["0", "1", "2"]),
+])
+def test_npz_class_names_are_read_as_text(tmp_path, names, expected):
+    np.savez(tmp_path / "d.npz", **tiny_arrays(), class_names=names)
+    assert data.load_dataset(str(tmp_path / "d.npz")).class_names == expected
+
+
+@pytest.mark.parametrize("names", [np.array("cat,dog"), np.array([["cat", "dog"], ["eel", "emu"]])])
+def test_npz_class_names_not_a_list_are_a_one_line_error(tmp_path, names):
+    np.savez(tmp_path / "d.npz", **tiny_arrays(), class_names=names)
+    with pytest.raises(ValueError, match=r"d\.npz: class_names: expected a 1-D array of names, "
+                                         "one per class, got shape " + re.escape(str(names.shape))):
+        data.load_dataset(str(tmp_path / "d.npz"))

@@ -189,10 +189,19 @@ def read_npz(path, splits=("train", "val", "test")) -> dict:
     if len(set(shapes.values())) > 1:
         raise ValueError(f"{path}: images differ in shape between "
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
-    names = arrays.get("class_names")
-    out["class_names"] = [str(n) for n in names] if names is not None else None
+    out["class_names"] = _class_names(arrays.get("class_names"), f"{path}: class_names")
     _check_label_range(out, path)
     return out
+
+
+def _class_names(names: np.ndarray | None, where) -> list[str] | None:
+    """An archive's class names: a 1-D array, one name per class (bytes decoded as UTF-8)."""
+    if names is None:
+        return None
+    if names.ndim != 1:
+        raise ValueError(f"{where}: expected a 1-D array of names, one per class, got shape "
+                         f"{names.shape} (save a list of strings)")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
 
 
 #: labels up to this are believed whatever the examples' count (ImageNet numbers 1000 classes;
