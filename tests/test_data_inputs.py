@@ -3,14 +3,16 @@ a known dataset; and what reading and standardizing a dataset costs in memory.""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
 
 import numpy as np
 import pytest
 
 from cnnx import data, tools
-from cnnx.data import formats, sources
+from cnnx.data import formats, pictures, sources
 from datafiles import tiny_arrays
 
 
@@ -91,3 +93,22 @@ def test_npz_class_names_not_a_list_are_a_one_line_error(tmp_path, names):
     with pytest.raises(ValueError, match=r"d\.npz: class_names: expected a 1-D array of names, "
                                          "one per class, got shape " + re.escape(str(names.shape))):
         data.load_dataset(str(tmp_path / "d.npz"))
+
+
+# ------------------------------------------------------------------------------ names
+def test_class_folders_alone_take_file_names_that_are_not_utf8(tmp_path):
+    """Such names (Latin-1 bytes from an old archive) were an encoding error naming no file."""
+    Image = pytest.importorskip("PIL.Image")
+    for label, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        for i in range(12):
+            Image.fromarray(np.full((4, 4), 10 * i + label, np.uint8)).save(tmp_path / name / f"{i}.png")
+    stray = os.fsencode(tmp_path / "a") + b"/caf\xe9.png"
+    try:
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(os.fsdecode(stray))
+    except OSError:
+        pytest.skip("this file system takes UTF-8 names only")
+    both = data.load_dataset(str(tmp_path))
+    assert len(both.y_train) + len(both.y_test) == 25
+    assert pictures.held_out_for_test("a/caf\udce9.png") == (
+        int.from_bytes(hashlib.sha256(b"a/caf\xe9.png").digest()[:8], "big") < 0.2 * 2**64)

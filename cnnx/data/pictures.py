@@ -158,8 +158,9 @@ def held_out_for_test(path: str) -> bool:
     pseudo-random draw with probability TEST_SHARE, fixed by the picture's path in the
     directory ("cat/2024/IMG_001.jpg"), so no picture ever moves between train and test as
     others come and go. (The class folder is part of it: classes whose files share names,
-    0.png, 1.png, ..., draw apart, and the share of the whole is near TEST_SHARE.)"""
-    digest = hashlib.sha256(path.encode("utf-8")).digest()
+    0.png, 1.png, ..., draw apart, and the share of the whole is near TEST_SHARE.) A name that
+    is not UTF-8 (bytes Python keeps as surrogates) is drawn by its bytes as they are on disk."""
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2**64
 
 
