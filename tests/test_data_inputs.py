@@ -13,7 +13,7 @@ import pytest
 
 from cnnx import data, tools
 from cnnx.data import formats, pictures, sources
-from datafiles import tiny_arrays
+from datafiles import IDX_NAMES, tiny_arrays, write_idx, write_mnist_dir
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +112,23 @@ def test_class_folders_alone_take_file_names_that_are_not_utf8(tmp_path):
     assert len(both.y_train) + len(both.y_test) == 25
     assert pictures.held_out_for_test("a/caf\udce9.png") == (
         int.from_bytes(hashlib.sha256(b"a/caf\xe9.png").digest()[:8], "big") < 0.2 * 2**64)
+
+
+# ------------------------------------------------------------- copies of known datasets
+@pytest.mark.parametrize("key, array, message", [
+    ("x_train", np.zeros((0, 28, 28), np.uint8), r"train-images-idx3-ubyte\.gz holds no images$"),
+    ("x_test", np.zeros((10, 32, 32), np.uint8),
+     r"mnist's images differ in shape between train \(1, 28, 28\), test \(1, 32, 32\): its "
+     r"files come from two datasets; replace the odd ones$"),
+    ("y_train", np.r_[np.arange(19) % 10, 245].astype(np.uint8),
+     r"mnist's train labels go up to 245, but it has 10 classes \(0\.\.9\): a damaged labels "
+     r"file; replace it$"),
+])
+def test_a_known_dataset_whose_files_do_not_agree_is_refused_before_training(tmp_path, key, array,
+                                                                              message):
+    write_mnist_dir(tmp_path)
+    if key == "x_train":
+        write_idx(tmp_path / IDX_NAMES["y_train"], np.zeros(0, np.uint8))
+    write_idx(tmp_path / IDX_NAMES[key], array)
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset("mnist", data_dir=tmp_path)

@@ -150,8 +150,27 @@ def _load_known(name, data_dir, download, log, splits) -> Dataset:
             if split in splits:
                 arrays[f"x_{split}"], arrays[f"y_{split}"] = formats.read_idx_pair(
                     files[f"{prefix}-images-idx3-ubyte.gz"], files[f"{prefix}-labels-idx1-ubyte.gz"])
+    _check_known(known, arrays, directory)
     arrays["class_names"] = list(known.class_names)
     return _from_dict(name, arrays, str(directory))
+
+
+def _check_known(known, arrays: dict, directory) -> None:
+    """What the files' own checks cannot see: train and test images of two sizes (files of
+    two datasets in one directory), labels beyond the dataset's classes (a damaged file)."""
+    shapes = {split: arrays[f"x_{split}"].shape[1:]
+              for split in MAIN_SPLITS if f"x_{split}" in arrays}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{directory}: {known.name}'s images differ in shape between "
+                         + ", ".join(f"{split} {shape}" for split, shape in shapes.items())
+                         + ": its files come from two datasets; replace the odd ones")
+    classes = len(known.class_names)
+    for split in shapes:
+        top = int(arrays[f"y_{split}"].max(initial=0))
+        if top >= classes:
+            raise ValueError(f"{directory}: {known.name}'s {split} labels go up to {top}, but it "
+                             f"has {classes} classes (0..{classes - 1}): a damaged labels file; "
+                             "replace it")
 
 
 def _read_cifar(files: dict, splits) -> dict:

@@ -77,6 +77,8 @@ def read_idx_pair(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images")
     return to_nchw_float(images[:, None], images_path), labels.astype(np.int64)
 
 
