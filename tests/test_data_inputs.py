@@ -13,7 +13,7 @@ import pytest
 
 from cnnx import data, tools
 from cnnx.data import formats, pictures, sources
-from datafiles import IDX_NAMES, tiny_arrays, write_idx, write_mnist_dir
+from datafiles import IDX_NAMES, cifar_batch_bytes, tiny_arrays, write_idx, write_mnist_dir
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +132,27 @@ def test_a_known_dataset_whose_files_do_not_agree_is_refused_before_training(tmp
     write_idx(tmp_path / IDX_NAMES[key], array)
     with pytest.raises(ValueError, match=message):
         data.load_dataset("mnist", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_data_dir_missing_some_files_names_them(tmp_path, monkeypatch, name, nested):
+    """It was passed by for a download, or for another copy (here the cache's), without a word."""
+    given = tmp_path / "given" / (name if nested else "")
+    cached = tmp_path / "cache" / "cnnx" / name
+    if name == "mnist":
+        write_mnist_dir(given)
+        write_mnist_dir(cached)
+        (given / IDX_NAMES["x_test"]).unlink()
+        lacks = IDX_NAMES["x_test"]
+    else:
+        batches = given / "cifar-10-batches-py"
+        batches.mkdir(parents=True)
+        for member in sources.CIFAR_MEMBERS[:-2] + sources.CIFAR_MEMBERS[-1:]:
+            (batches / member).write_bytes(cifar_batch_bytes(2))
+        lacks = "data_batch_5"
+    message = rf"^{re.escape(str(given))}.* holds only part of {name}: it lacks {lacks}; add it there$"
+    with pytest.raises(ValueError, match=message):
+        data.load_dataset(name, data_dir=tmp_path / "given")
+    if name == "mnist":  # the copy looked for without --data-dir is the cache's, as before
+        assert data.load_dataset(name).source == str(cached)

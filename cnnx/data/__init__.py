@@ -135,6 +135,8 @@ def _from_dict(name, d, source) -> Dataset:
 
 def _load_known(name, data_dir, download, log, splits) -> Dataset:
     known = KNOWN[name]
+    if data_dir:
+        sources.check_data_dir(name, data_dir)
     found = locate(name, data_dir)
     if found is None:
         if not download:
