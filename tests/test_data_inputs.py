@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -156,3 +157,33 @@ def test_a_data_dir_missing_some_files_names_them(tmp_path, monkeypatch, name, n
         data.load_dataset(name, data_dir=tmp_path / "given")
     if name == "mnist":  # the copy looked for without --data-dir is the cache's, as before
         assert data.load_dataset(name).source == str(cached)
+
+
+# ----------------------------------------------------------------------------- memory
+def peak_bytes(f, *args):
+    """The most memory ``f(*args)`` held at once beyond what it returns and its arguments."""
+    tracemalloc.start()
+    try:
+        f(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_reading_and_standardizing_make_no_needless_copies_of_the_dataset():
+    """channel_stats held a float64 copy of all the images (twice their float32 size);
+    reading uint8 images, NHWC ones, and standardizing each held a second float32 copy."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (4096, 32, 32, 3), dtype=np.uint8)  # 48 MiB as float32
+    x = formats._images_to_nchw(pixels, "x")
+    assert x.shape == (4096, 3, 32, 32) and x.flags.c_contiguous
+    np.testing.assert_array_equal(x, pixels.transpose(0, 3, 1, 2) / np.float32(255))
+    mean, std = data.channel_stats(x)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3), dtype=np.float64), rtol=1e-6)
+    np.testing.assert_allclose(std, x.std(axis=(0, 2, 3), dtype=np.float64), rtol=1e-6)
+    np.testing.assert_array_equal(data.standardize(x, mean, std),
+                                  ((x - mean[:, None, None]) / std[:, None, None]))
+    assert peak_bytes(data.channel_stats, x) < 0.75 * x.nbytes
+    for convert in (formats._images_to_nchw, formats.to_nchw_float):  # uint8 NCHW, then float32
+        assert peak_bytes(convert, pixels, "x") < 1.5 * x.nbytes
+    assert peak_bytes(data.standardize, x, mean, std) < 1.5 * x.nbytes

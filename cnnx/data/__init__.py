@@ -8,6 +8,7 @@ holds a seeded validation set out of train for the datasets without one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,15 +214,28 @@ def val_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
     return x[train], y[train], x[val], y[val]
 
 
+#: numbers that channel_stats takes at a time: a chunk of examples in float64, never all of them
+STATS_CHUNK = 1 << 20
+
+
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of NCHW images (float32, shape (C,))."""
+    """Per-channel mean and standard deviation of NCHW images (float32, shape (C,)), summed
+    in float64 a chunk of examples at a time (``x.std(dtype=np.float64)`` would hold a float64
+    copy of the whole dataset: twice its float32 size)."""
     mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    rows = max(1, STATS_CHUNK // max(1, math.prod(x.shape[1:])))
+    squares = np.zeros_like(mean)
+    for start in range(0, len(x), rows):
+        centred = x[start:start + rows] - mean.reshape(1, -1, 1, 1)
+        squares += np.square(centred, out=centred).sum(axis=(0, 2, 3))
+    std = np.sqrt(squares / (x.size // max(1, x.shape[1])))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 def standardize(x: np.ndarray, mean, std) -> np.ndarray:
-    """``(x - mean) / std`` per channel, float32."""
+    """``(x - mean) / std`` per channel, float32 (one new array, divided in place)."""
     mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return ((x - mean) / std).astype(np.float32)
+    out = x - mean
+    out /= std
+    return out.astype(np.float32, copy=False)

@@ -83,12 +83,15 @@ def read_idx_pair(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def to_nchw_float(x: np.ndarray, where) -> np.ndarray:
-    """uint8 images -> float32 in [0, 1]; float images must already lie in [0, 1]."""
+    """uint8 images -> float32 in [0, 1]; float images must already lie in [0, 1]. (One new
+    array at most: converted, then scaled in place.)"""
     if x.dtype == np.uint8:
-        return (x.astype(np.float32) / np.float32(255)).astype(np.float32)
+        out = x.astype(np.float32)
+        out /= np.float32(255)
+        return out
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{where}: images must be uint8 (0..255) or floats in [0, 1], got {x.dtype}")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)
     if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
         raise ValueError(f"{where}: float images must be finite and lie in [0, 1]")
     return x
@@ -277,7 +280,7 @@ def _images_to_nchw(x: np.ndarray, where) -> np.ndarray:
                          f"got shape {x.shape}")
     if len(x) == 0:
         raise ValueError(f"{where} holds no images")
-    return np.ascontiguousarray(to_nchw_float(x, where))
+    return to_nchw_float(np.ascontiguousarray(x), where)  # NHWC made NCHW before it grows
 
 
 def _labels(y: np.ndarray, n: int, where) -> np.ndarray:
