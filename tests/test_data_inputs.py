@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from cnnx import data, tools
+from cnnx import data, run, session, tools
 from cnnx.data import formats, pictures, sources
 from datafiles import IDX_NAMES, cifar_batch_bytes, tiny_arrays, write_idx, write_mnist_dir
 
@@ -187,3 +187,20 @@ def test_reading_and_standardizing_make_no_needless_copies_of_the_dataset():
     for convert in (formats._images_to_nchw, formats.to_nchw_float):  # uint8 NCHW, then float32
         assert peak_bytes(convert, pixels, "x") < 1.5 * x.nbytes
     assert peak_bytes(data.standardize, x, mean, std) < 1.5 * x.nbytes
+
+
+def test_a_training_run_lets_go_of_the_images_it_has_standardized(tmp_path, monkeypatch):
+    """It held every image read beside its standardized copy all through training
+    (Fashion-MNIST: 220 MB more; CIFAR-10: 740 MB)."""
+    np.savez(tmp_path / "d.npz", **tiny_arrays())
+    held, train = [], session.Session.run
+
+    def spy(self):
+        ds = self.prep.dataset
+        held.append((ds.x_train.size, ds.x_test.size, ds.input_shape))
+        train(self)
+
+    monkeypatch.setattr(session.Session, "run", spy)
+    result = run.train({"dataset": str(tmp_path / "d.npz"), "model": "seed-cnn", "epochs": 1},
+                       tmp_path / "run", device="cpu")
+    assert held == [(0, 0, (1, 28, 28))] and result["test_accuracy"] is not None

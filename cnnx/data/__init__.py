@@ -9,7 +9,7 @@ holds a seeded validation set out of train for the datasets without one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,15 @@ class Dataset:
         labels = (self.y_train, self.y_test) + ((self.y_val,) if self.y_val is not None else ())
         top = max(int(y.max(initial=0)) for y in labels) + 1
         return max(len(self.class_names or ()), top)
+
+    def without_images(self) -> Dataset:
+        """This dataset with its images let go (each split an empty array of the same image
+        shape and dtype), all else kept: for a caller done with them, such as a training run
+        that has standardized copies."""
+        def emptied(x):
+            return None if x is None else np.empty((0,) + x.shape[1:], x.dtype)
+        return replace(self, x_train=emptied(self.x_train), x_test=emptied(self.x_test),
+                       x_val=emptied(self.x_val))
 
 
 def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
