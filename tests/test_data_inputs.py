@@ -204,3 +204,17 @@ def test_a_training_run_lets_go_of_the_images_it_has_standardized(tmp_path, monk
     result = run.train({"dataset": str(tmp_path / "d.npz"), "model": "seed-cnn", "epochs": 1},
                        tmp_path / "run", device="cpu")
     assert held == [(0, 0, (1, 28, 28))] and result["test_accuracy"] is not None
+
+
+def test_a_class_folder_reads_its_linked_subfolders_once_each(tmp_path):
+    """A subfolder that is a symbolic link was skipped without a word; a link back up to the
+    class folder must not loop."""
+    Image = pytest.importorskip("PIL.Image")
+    for name in ("cat", "dog", "archive/2019"):
+        (tmp_path / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name / "0.png")
+    (tmp_path / "cat" / "2019").symlink_to(tmp_path / "archive" / "2019")
+    (tmp_path / "cat" / "again").symlink_to(tmp_path / "cat")
+    (tmp_path / "cat" / "also 2019").symlink_to(tmp_path / "archive" / "2019")
+    found = pictures.files_under(tmp_path / "cat")
+    assert [p.relative_to(tmp_path / "cat").as_posix() for p in found] == ["0.png", "2019/0.png"]

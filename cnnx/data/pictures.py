@@ -24,6 +24,7 @@ skipped.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -224,12 +225,18 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
 def files_under(folder: Path, suffixes=PICTURE_SUFFIXES) -> list[Path]:
     """The files in ``folder`` and its subfolders whose suffix is one of ``suffixes`` (as
     ImageFolder reads a class kept in folders by date or source), hidden files and folders
-    (.ipynb_checkpoints) left out, in path order."""
-    found = []
-    for path in Path(folder).rglob("*"):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if not hidden and path.suffix.lower() in suffixes and path.is_file():
-            found.append(path)
+    (.ipynb_checkpoints) left out, in path order. Symbolic links to folders are followed (as
+    ImageFolder does; Path.rglob skipped them without a word), each folder read once (through
+    the first path to it in name order), so a link back up cannot loop."""
+    found, walked = [], set()
+    for directory, subfolders, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(directory) in walked:  # reached again through a link
+            subfolders.clear()
+            continue
+        walked.add(os.path.realpath(directory))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        paths = (Path(directory, name) for name in names if not name.startswith("."))
+        found += [path for path in paths if path.suffix.lower() in suffixes and path.is_file()]
     return sorted(found)
 
 
