@@ -218,3 +218,16 @@ def test_a_class_folder_reads_its_linked_subfolders_once_each(tmp_path):
     (tmp_path / "cat" / "also 2019").symlink_to(tmp_path / "archive" / "2019")
     found = pictures.files_under(tmp_path / "cat")
     assert [p.relative_to(tmp_path / "cat").as_posix() for p in found] == ["0.png", "2019/0.png"]
+
+
+@pytest.mark.parametrize("x_train, message", [
+    (np.full((20, 28, 28), 255.0), r"these go from 255 to 255: divide 0\.\.255 pixels by 255 "
+                                   r"\(or save them as uint8\)$"),
+    (np.full((20, 28, 28), -0.5), r"these go from -0\.5 to -0\.5: scale them to \[0, 1\]$"),
+    (np.full((20, 28, 28), np.nan), r"these hold NaN or infinite values$"),
+])
+def test_float_images_out_of_range_say_what_they_hold_and_the_fix(tmp_path, x_train, message):
+    np.savez(tmp_path / "d.npz", **{**tiny_arrays(), "x_train": x_train})
+    with pytest.raises(ValueError, match=r"x_train: float images must be finite and lie in "
+                                         r"\[0, 1\]; " + message):
+        data.load_dataset(str(tmp_path / "d.npz"))

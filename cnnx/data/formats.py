@@ -93,8 +93,19 @@ def to_nchw_float(x: np.ndarray, where) -> np.ndarray:
         raise ValueError(f"{where}: images must be uint8 (0..255) or floats in [0, 1], got {x.dtype}")
     x = x.astype(np.float32, copy=False)
     if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-        raise ValueError(f"{where}: float images must be finite and lie in [0, 1]")
+        raise ValueError(f"{where}: float images must be finite and lie in [0, 1]; "
+                         + _out_of_range(x))
     return x
+
+
+def _out_of_range(x: np.ndarray) -> str:
+    """What is wrong with float images outside [0, 1], and the likely fix."""
+    if not np.isfinite(x).all():
+        return "these hold NaN or infinite values"
+    low, high = float(x.min()), float(x.max())
+    fix = ("divide 0..255 pixels by 255 (or save them as uint8)" if low >= 0 and high <= 255
+           else "scale them to [0, 1]")
+    return f"these go from {low:g} to {high:g}: {fix}"
 
 
 # ------------------------------------------------------------------------------- CIFAR-10
