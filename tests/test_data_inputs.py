@@ -231,3 +231,17 @@ def test_float_images_out_of_range_say_what_they_hold_and_the_fix(tmp_path, x_tr
     with pytest.raises(ValueError, match=r"x_train: float images must be finite and lie in "
                                          r"\[0, 1\]; " + message):
         data.load_dataset(str(tmp_path / "d.npz"))
+
+
+def test_an_image_size_too_large_to_hold_is_refused_before_any_picture_is_resized(tmp_path):
+    """--image-size 100000 resized each picture to 30 GB until the process was killed; this size is just past the limit."""
+    Image = pytest.importorskip("PIL.Image")
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "train" / name / "0.png")
+    with pytest.raises(ValueError, match=r"^image size 10000,9000 is 90,000,000 pixels a "
+                                         r"picture, where Pillow reads [\d,]+ at most; give a "
+                                         r"smaller size$"):
+        data.load_dataset(str(tmp_path), splits=("train",), image_size=(10000, 9000))
+    assert data.load_dataset(str(tmp_path), splits=("train",), image_size=(6, 5)).input_shape \
+        == (1, 6, 5)

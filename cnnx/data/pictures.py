@@ -85,6 +85,20 @@ def _too_large(exc) -> str:
             f"{numbers[1]:,} (a guard against decompression bombs); shrink the picture")
 
 
+def _check_size(size: tuple) -> None:
+    """A size to resize to is held to the limit Pillow keeps pictures it opens to: a typo
+    such as 6400 for 64 would make every picture a few GB, and the process be killed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return  # read_picture says what to install
+    width, height = size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"image size {height},{width} is {width * height:,} pixels a picture, "
+                         f"where Pillow reads {Image.MAX_IMAGE_PIXELS:,} at most; give a "
+                         "smaller size")
+
+
 def _sixteen_to_eight_bits(pixels: np.ndarray, path) -> np.ndarray:
     """0..65535 scaled to 0..255, rounded to the nearest."""
     if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
@@ -106,6 +120,8 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         raise ValueError(f"pictures have 1 (grayscale) or 3 (RGB) channels, not {channels}")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     resize = None if size is None else (int(size[1]), int(size[0]))  # Pillow's (width, height)
+    if resize is not None:
+        _check_size(resize)
     flat = _class_folders_only(root)
     if "val" in splits and not (root / "val").is_dir():
         if not flat:
