@@ -314,6 +314,7 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
         check_epochs_left(ck, cfg, out)
     backend = get_backend(device)
     prep = prepare_data(cfg, log=listener.message)
+    prep.dataset = prep.dataset.without_images()  # training holds the standardized copies only
     if ck is not None:
         check_same_splits(ck, prep.dataset)
     model = _model_for(cfg, prep.dataset, ck, explicit_model="model" in options).to(backend)

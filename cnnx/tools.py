@@ -93,7 +93,7 @@ def read_images(path, shape) -> np.ndarray:
                                 if kind == "npz" else ""))
         try:
             x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except data.formats.NUMPY_LOAD_ERRORS as exc:
             raise ValueError(f"{path}: unreadable .npy ({exc})") from None
     elif path.suffix.lower() in PICTURE_SUFFIXES:
         x = read_picture(path, "L" if shape[0] == 1 else "RGB", (shape[2], shape[1]))

@@ -8,7 +8,8 @@ holds a seeded validation set out of train for the datasets without one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,15 @@ class Dataset:
         labels = (self.y_train, self.y_test) + ((self.y_val,) if self.y_val is not None else ())
         top = max(int(y.max(initial=0)) for y in labels) + 1
         return max(len(self.class_names or ()), top)
+
+    def without_images(self) -> Dataset:
+        """This dataset with its images let go (each split an empty array of the same image
+        shape and dtype), all else kept: for a caller done with them, such as a training run
+        that has standardized copies."""
+        def emptied(x):
+            return None if x is None else np.empty((0,) + x.shape[1:], x.dtype)
+        return replace(self, x_train=emptied(self.x_train), x_test=emptied(self.x_test),
+                       x_val=emptied(self.x_val))
 
 
 def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
@@ -135,6 +145,8 @@ def _from_dict(name, d, source) -> Dataset:
 
 def _load_known(name, data_dir, download, log, splits) -> Dataset:
     known = KNOWN[name]
+    if data_dir:
+        sources.check_data_dir(name, data_dir)
     found = locate(name, data_dir)
     if found is None:
         if not download:
@@ -150,8 +162,27 @@ def _load_known(name, data_dir, download, log, splits) -> Dataset:
             if split in splits:
                 arrays[f"x_{split}"], arrays[f"y_{split}"] = formats.read_idx_pair(
                     files[f"{prefix}-images-idx3-ubyte.gz"], files[f"{prefix}-labels-idx1-ubyte.gz"])
+    _check_known(known, arrays, directory)
     arrays["class_names"] = list(known.class_names)
     return _from_dict(name, arrays, str(directory))
+
+
+def _check_known(known, arrays: dict, directory) -> None:
+    """What the files' own checks cannot see: train and test images of two sizes (files of
+    two datasets in one directory), labels beyond the dataset's classes (a damaged file)."""
+    shapes = {split: arrays[f"x_{split}"].shape[1:]
+              for split in MAIN_SPLITS if f"x_{split}" in arrays}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{directory}: {known.name}'s images differ in shape between "
+                         + ", ".join(f"{split} {shape}" for split, shape in shapes.items())
+                         + ": its files come from two datasets; replace the odd ones")
+    classes = len(known.class_names)
+    for split in shapes:
+        top = int(arrays[f"y_{split}"].max(initial=0))
+        if top >= classes:
+            raise ValueError(f"{directory}: {known.name}'s {split} labels go up to {top}, but it "
+                             f"has {classes} classes (0..{classes - 1}): a damaged labels file; "
+                             "replace it")
 
 
 def _read_cifar(files: dict, splits) -> dict:
@@ -192,15 +223,28 @@ def val_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
     return x[train], y[train], x[val], y[val]
 
 
+#: numbers that channel_stats takes at a time: a chunk of examples in float64, never all of them
+STATS_CHUNK = 1 << 20
+
+
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of NCHW images (float32, shape (C,))."""
+    """Per-channel mean and standard deviation of NCHW images (float32, shape (C,)), summed
+    in float64 a chunk of examples at a time (``x.std(dtype=np.float64)`` would hold a float64
+    copy of the whole dataset: twice its float32 size)."""
     mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    rows = max(1, STATS_CHUNK // max(1, math.prod(x.shape[1:])))
+    squares = np.zeros_like(mean)
+    for start in range(0, len(x), rows):
+        centred = x[start:start + rows] - mean.reshape(1, -1, 1, 1)
+        squares += np.square(centred, out=centred).sum(axis=(0, 2, 3))
+    std = np.sqrt(squares / (x.size // max(1, x.shape[1])))
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
 def standardize(x: np.ndarray, mean, std) -> np.ndarray:
-    """``(x - mean) / std`` per channel, float32."""
+    """``(x - mean) / std`` per channel, float32 (one new array, divided in place)."""
     mean = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return ((x - mean) / std).astype(np.float32)
+    out = x - mean
+    out /= std
+    return out.astype(np.float32, copy=False)

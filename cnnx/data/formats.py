@@ -14,6 +14,7 @@ import gzip
 import io
 import pickle
 import tarfile
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -76,19 +77,35 @@ def read_idx_pair(images_path, labels_path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"{images_path}: {len(images)} images but {labels_path} has {len(labels)} labels"
         )
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images")
     return to_nchw_float(images[:, None], images_path), labels.astype(np.int64)
 
 
 def to_nchw_float(x: np.ndarray, where) -> np.ndarray:
-    """uint8 images -> float32 in [0, 1]; float images must already lie in [0, 1]."""
+    """uint8 images -> float32 in [0, 1]; float images must already lie in [0, 1]. (One new
+    array at most: converted, then scaled in place.)"""
     if x.dtype == np.uint8:
-        return (x.astype(np.float32) / np.float32(255)).astype(np.float32)
+        out = x.astype(np.float32)
+        out /= np.float32(255)
+        return out
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{where}: images must be uint8 (0..255) or floats in [0, 1], got {x.dtype}")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)
     if x.size and not (np.isfinite(x).all() and x.min() >= 0.0 and x.max() <= 1.0):
-        raise ValueError(f"{where}: float images must be finite and lie in [0, 1]")
+        raise ValueError(f"{where}: float images must be finite and lie in [0, 1]; "
+                         + _out_of_range(x))
     return x
+
+
+def _out_of_range(x: np.ndarray) -> str:
+    """What is wrong with float images outside [0, 1], and the likely fix."""
+    if not np.isfinite(x).all():
+        return "these hold NaN or infinite values"
+    low, high = float(x.min()), float(x.max())
+    fix = ("divide 0..255 pixels by 255 (or save them as uint8)" if low >= 0 and high <= 255
+           else "scale them to [0, 1]")
+    return f"these go from {low:g} to {high:g}: {fix}"
 
 
 # ------------------------------------------------------------------------------- CIFAR-10
@@ -188,10 +205,19 @@ def read_npz(path, splits=("train", "val", "test")) -> dict:
     if len(set(shapes.values())) > 1:
         raise ValueError(f"{path}: images differ in shape between "
                          + ", ".join(f"{k} {v}" for k, v in shapes.items()))
-    names = arrays.get("class_names")
-    out["class_names"] = [str(n) for n in names] if names is not None else None
+    out["class_names"] = _class_names(arrays.get("class_names"), f"{path}: class_names")
     _check_label_range(out, path)
     return out
+
+
+def _class_names(names: np.ndarray | None, where) -> list[str] | None:
+    """An archive's class names: a 1-D array, one name per class (bytes decoded as UTF-8)."""
+    if names is None:
+        return None
+    if names.ndim != 1:
+        raise ValueError(f"{where}: expected a 1-D array of names, one per class, got shape "
+                         f"{names.shape} (save a list of strings)")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
 
 
 #: labels up to this are believed whatever the examples' count (ImageNet numbers 1000 classes;
@@ -228,6 +254,13 @@ def numpy_file_kind(path) -> str | None:
 
 NOT_NUMPY = "not an .npz file (nor a .npy)"  # for messages
 
+#: What np.load and reading an archive's members raise for a damaged file: besides ValueError
+#: and the I/O errors, zlib.error (a corrupt compressed member), NotImplementedError (a zip
+#: compression method Python lacks, or a newer zip version) and tokenize.TokenError (a .npy
+#: header cut or garbled).
+NUMPY_LOAD_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+                     NotImplementedError, tokenize.TokenError)
+
 
 def _load_npz(path, wanted) -> tuple[dict, list]:
     """The arrays named in ``wanted`` that the archive holds (never unpickling anything),
@@ -244,7 +277,7 @@ def _load_npz(path, wanted) -> tuple[dict, list]:
             raise ValueError("a single array, not an .npz archive")
         with npz:
             return {k: npz[k] for k in npz.files if k in wanted}, list(npz.files)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except NUMPY_LOAD_ERRORS as exc:
         raise ValueError(f"{path}: corrupt or unreadable .npz ({exc})") from None
 
 
@@ -258,7 +291,7 @@ def _images_to_nchw(x: np.ndarray, where) -> np.ndarray:
                          f"got shape {x.shape}")
     if len(x) == 0:
         raise ValueError(f"{where} holds no images")
-    return np.ascontiguousarray(to_nchw_float(x, where))
+    return to_nchw_float(np.ascontiguousarray(x), where)  # NHWC made NCHW before it grows
 
 
 def _labels(y: np.ndarray, n: int, where) -> np.ndarray:

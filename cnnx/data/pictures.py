@@ -24,6 +24,7 @@ skipped.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -84,6 +85,20 @@ def _too_large(exc) -> str:
             f"{numbers[1]:,} (a guard against decompression bombs); shrink the picture")
 
 
+def _check_size(size: tuple) -> None:
+    """A size to resize to is held to the limit Pillow keeps pictures it opens to: a typo
+    such as 6400 for 64 would make every picture a few GB, and the process be killed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return  # read_picture says what to install
+    width, height = size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"image size {height},{width} is {width * height:,} pixels a picture, "
+                         f"where Pillow reads {Image.MAX_IMAGE_PIXELS:,} at most; give a "
+                         "smaller size")
+
+
 def _sixteen_to_eight_bits(pixels: np.ndarray, path) -> np.ndarray:
     """0..65535 scaled to 0..255, rounded to the nearest."""
     if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
@@ -105,6 +120,8 @@ def read_picture_folders(root, splits=("train", "val", "test"), classes=None, si
         raise ValueError(f"pictures have 1 (grayscale) or 3 (RGB) channels, not {channels}")
     mode = {None: None, 1: "L", 3: "RGB"}[channels]
     resize = None if size is None else (int(size[1]), int(size[0]))  # Pillow's (width, height)
+    if resize is not None:
+        _check_size(resize)
     flat = _class_folders_only(root)
     if "val" in splits and not (root / "val").is_dir():
         if not flat:
@@ -158,8 +175,9 @@ def held_out_for_test(path: str) -> bool:
     pseudo-random draw with probability TEST_SHARE, fixed by the picture's path in the
     directory ("cat/2024/IMG_001.jpg"), so no picture ever moves between train and test as
     others come and go. (The class folder is part of it: classes whose files share names,
-    0.png, 1.png, ..., draw apart, and the share of the whole is near TEST_SHARE.)"""
-    digest = hashlib.sha256(path.encode("utf-8")).digest()
+    0.png, 1.png, ..., draw apart, and the share of the whole is near TEST_SHARE.) A name that
+    is not UTF-8 (bytes Python keeps as surrogates) is drawn by its bytes as they are on disk."""
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2**64
 
 
@@ -223,12 +241,18 @@ def _labelled_files(directory: Path, label_of: dict) -> list[tuple[Path, int]]:
 def files_under(folder: Path, suffixes=PICTURE_SUFFIXES) -> list[Path]:
     """The files in ``folder`` and its subfolders whose suffix is one of ``suffixes`` (as
     ImageFolder reads a class kept in folders by date or source), hidden files and folders
-    (.ipynb_checkpoints) left out, in path order."""
-    found = []
-    for path in Path(folder).rglob("*"):
-        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
-        if not hidden and path.suffix.lower() in suffixes and path.is_file():
-            found.append(path)
+    (.ipynb_checkpoints) left out, in path order. Symbolic links to folders are followed (as
+    ImageFolder does; Path.rglob skipped them without a word), each folder read once (through
+    the first path to it in name order), so a link back up cannot loop."""
+    found, walked = [], set()
+    for directory, subfolders, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(directory) in walked:  # reached again through a link
+            subfolders.clear()
+            continue
+        walked.add(os.path.realpath(directory))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        paths = (Path(directory, name) for name in names if not name.startswith("."))
+        found += [path for path in paths if path.suffix.lower() in suffixes and path.is_file()]
     return sorted(found)
 
 

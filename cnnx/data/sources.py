@@ -4,7 +4,8 @@ Lookup order for a dataset ``<name>``: ``--data-dir`` (the directory itself or i
 ``$CNNX_DATA/<name>``, the cache ``~/.cache/cnnx/<name>`` (``$XDG_CACHE_HOME`` is honoured), then
 system locations such as ``/usr/share/datasets/<name>`` (Debian/Ubuntu's
 ``dataset-fashion-mnist``). When no complete copy is found the files are downloaded into the
-cache, each verified against its SHA-256. ``$CNNX_MIRROR`` replaces the official mirrors by one
+cache, each verified against its SHA-256; but a ``--data-dir`` holding some of the files and
+not others is an error naming those it lacks. ``$CNNX_MIRROR`` replaces the official mirrors by one
 base URL serving ``<base>/<name>/<file>``; ``$CNNX_OFFLINE=1`` forbids downloads.
 """
 
@@ -112,6 +113,36 @@ def files_in(directory: Path, known: KnownDataset) -> dict | None:
             return None
         found[name] = path
     return found
+
+
+def lacking(directory: Path, known: KnownDataset) -> list[Path]:
+    """The files a partial copy of the dataset in ``directory`` lacks: [] when it holds all
+    of them, or none."""
+    if known.format == "cifar":
+        if (directory / "cifar-10-python.tar.gz").is_file():
+            return []
+        for candidate in (directory / "cifar-10-batches-py", directory):
+            held = [(candidate / m).is_file() for m in CIFAR_MEMBERS]
+            if any(held) and not all(held):
+                return [candidate / m for m, h in zip(CIFAR_MEMBERS, held) if not h]
+        return []
+    held = {name: any((directory / a).is_file() for a in alternatives)
+            for name, alternatives in IDX_ALTERNATIVES.items()}
+    return [directory / name for name, h in held.items() if not h] if any(held.values()) else []
+
+
+def check_data_dir(name: str, data_dir) -> None:
+    """ValueError when the ``data_dir`` given holds a copy of ``name`` with files missing:
+    the lookup would pass it by for another copy, or a download, without a word."""
+    known = KNOWN[name]
+    for directory in search_dirs(name, data_dir)[:2]:  # data_dir/<name>, data_dir
+        if files_in(directory, known):
+            return
+        missing = lacking(directory, known)
+        if missing:
+            raise ValueError(f"{directory} holds only part of {name}: it lacks "
+                             f"{', '.join(p.name for p in missing)}; add "
+                             f"{'it' if len(missing) == 1 else 'them'} there")
 
 
 def locate(name: str, data_dir=None) -> tuple[Path, dict] | None:
