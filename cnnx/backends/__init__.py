@@ -22,6 +22,8 @@ _CPU = NumpyBackend()
 _CACHE: dict = {"cpu": _CPU}
 
 CUDA_INSTALL_HINT = 'pip install "cnnx[cuda12]" (CUDA 12 driver) or "cnnx[cuda13]" (CUDA 13)'
+CUDA_LIBRARIES_HINT = ('install CuPy with the CUDA libraries it loads (NVRTC, cuBLAS), '
+                       f'{CUDA_INSTALL_HINT}, or install the CUDA Toolkit')
 
 
 class DeviceError(RuntimeError):
