@@ -230,3 +230,13 @@ def test_an_unusable_cupy_cache_dir_is_one_line_naming_it(unwritable_home, monke
         cupy_backend._import_cupy()
     assert re.fullmatch(r"CuPy cannot create its kernel cache directory \S+home/cache \(.+\): "
                         r"set CUPY_CACHE_DIR to a writable directory", str(caught.value))
+
+
+def test_asking_for_a_gpu_makes_it_the_current_device(monkeypatch):
+    """CuPy puts every new array on the current device: `cuda:1` left it at GPU 0, where the
+    layers' own arrays (xp.zeros, reductions, elementwise results) were then made."""
+    made_current = []
+    gpu = types.SimpleNamespace(make_current=lambda: made_current.append(1))
+    monkeypatch.setattr(backends, "_CACHE", {"cpu": backends._CPU, (1, True): gpu})
+    assert get_backend("cuda:1", kernels=True) is gpu
+    assert made_current == [1]

@@ -64,6 +64,7 @@ def get_backend(device="cpu", kernels: bool | None = None) -> Backend:
             from .cupy_backend import make_cupy_backend
 
             _CACHE[key] = make_cupy_backend(int(index_text), use_kernels)
+        _CACHE[key].make_current()
         return _CACHE[key]
     raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'")
 

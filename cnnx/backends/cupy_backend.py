@@ -214,6 +214,12 @@ class CupyBackend(Backend):
 
         return CudaGraphCapture(self)
 
+    def make_current(self) -> None:
+        """Make this GPU the thread's current device: CuPy allocates every new array (the
+        layers' xp.zeros, reductions, elementwise results) on the current device, not on its
+        inputs' one, so with cuda:1 they would land on GPU 0. get_backend calls this."""
+        self.device.use()
+
     def asarray(self, a, dtype=None, copy: bool = False):
         with self.device:  # a copy, too, is made on the current device
             return self.xp.array(a, dtype=dtype, copy=True) if copy else self.xp.asarray(a, dtype=dtype)
