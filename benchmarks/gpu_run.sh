@@ -36,10 +36,23 @@ if [ "$stage" = tests ] || [ "$stage" = all ]; then
     # PTX and shim tests: a GPU image without g++ skips the shim here instead of failing)
     python3 -m pytest -q -rs -p no:cacheprovider 2>&1 \
         | tee "$LOG/pytest.txt" | tail -25 || status=1
-    compute-sanitizer --tool memcheck --error-exitcode 99 \
-        python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py tests/test_graph.py \
-        -k "not 2_pow_31 and not shim" 2>&1 \
-        | tee "$LOG/memcheck.txt" | tail -15 || status=1
+    # memcheck sees an access past an array's end only where the array is an allocation of its
+    # own: inside CuPy's memory pool it lands in the pool's other memory, unseen. So the kernel
+    # tests run with the pool off (CNNX_CUPY_POOL=0, read by tests/conftest.py); the graph
+    # tests keep it (a capture allocates from a pool of its own, cnnx/backends/cuda_graph.py).
+    sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
+        /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null | head -1)
+    if [ -n "$sanitizer" ]; then
+        CNNX_CUPY_POOL=0 "$sanitizer" --tool memcheck --error-exitcode 99 \
+            python3 -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py \
+            -k "not 2_pow_31" 2>&1 | tee "$LOG/memcheck.txt" | tail -15 || status=1
+        "$sanitizer" --tool memcheck --error-exitcode 99 \
+            python3 -m pytest -q -x -p no:cacheprovider tests/test_graph.py -k "not shim" 2>&1 \
+            | tee -a "$LOG/memcheck.txt" | tail -15 || status=1
+    else
+        echo "compute-sanitizer not found: memcheck not run" | tee "$LOG/memcheck.txt"
+        status=1
+    fi
 fi
 
 if [ "$stage" = bench ] || [ "$stage" = all ]; then

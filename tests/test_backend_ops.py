@@ -195,3 +195,42 @@ def test_conv2d_pair_matches_the_plain_im2col_form(backend, dtype, relu, g):
     for got, want in zip(backend.conv2d_backward(dy, saved, w, win, relu),
                          Backend.conv2d_backward(backend, dy, saved0, w, win, relu)):
         np.testing.assert_allclose(backend.to_numpy(got), backend.to_numpy(want), **_tol(dtype))
+
+
+class _MaskAssignmentRefused(np.ndarray):
+    """An array that refuses ``a[boolean_mask] = v``, which CuPy runs only after copying the
+    mask's count of True values to the host: a wait for the GPU (an error in a CUDA-graph
+    capture)."""
+
+    def __setitem__(self, key, value):
+        if getattr(key, "dtype", None) == bool:
+            raise AssertionError("boolean-mask assignment: CuPy would wait for the GPU here")
+        super().__setitem__(key, value)
+
+
+class _StrictXp:
+    """NumPy, whose new arrays refuse boolean-mask assignment as an xp for base.py."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def zeros(*args, **kwargs):
+        return np.zeros(*args, **kwargs).view(_MaskAssignmentRefused)
+
+
+def test_the_pure_xp_max_pool_does_not_wait_for_the_gpu():
+    """The kernels-off CUDA path (CNNX_KERNELS=0, benchmarks/gpu.py's column b) runs base.py's
+    max-pool: it synchronized once per window offset, every step."""
+    from cnnx.backends import Backend
+
+    backend = Backend()
+    backend.xp = _StrictXp()
+    win = Window(3, 3, 2, 2, 1, 1, 1, 1)
+    x = tie_free(np.random.default_rng(9), (2, 3, 7, 8))
+    y, argmax = backend.max_pool_forward(x, win)
+    want = ref.pool2d(x, (3, 3), (2, 2), _pads(win), "max")
+    np.testing.assert_array_equal(y, want)
+    dx = backend.max_pool_backward(np.ones_like(y), argmax, x.shape, win)
+    np.testing.assert_array_equal(dx, ref.max_pool_backward(x, np.ones_like(y), (3, 3), (2, 2),
+                                                            _pads(win)))

@@ -8,10 +8,12 @@ so these run everywhere, CI included.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -97,6 +99,55 @@ def test_no_gpu_and_a_missing_index_are_named(monkeypatch):
         monkeypatch, fake_cupy(driver=13000, count=1), index=2)
 
 
+class _ProbeArray:
+    """What the device probe does with CuPy arrays; ``missing``: the error CuPy raises when it
+    needs a CUDA library that is not installed (NVRTC for an elementwise kernel)."""
+
+    def __init__(self, missing=None):
+        self.missing = missing
+
+    def _use_library(self, *_):
+        if self.missing:
+            raise self.missing
+        return self
+
+    sum = __add__ = __matmul__ = _use_library
+
+    def item(self):
+        return 0.0
+
+    __float__ = item
+
+
+def cupy_without_nvrtc():
+    """A CuPy whose driver, GPU, allocations and precompiled reductions work, but which cannot
+    load NVRTC (cupy-cuda13x 14.2 installed without its [ctk] extra on a machine without the
+    CUDA Toolkit: the error below is the one it raises at its first elementwise kernel)."""
+    cupy = fake_cupy(driver=13000, count=1)
+    missing = RuntimeError('Failure finding "libnvrtc.so.13 or libnvrtc.so.12": No such file: '
+                           'libnvrtc.so.13 or libnvrtc.so.12')
+    cupy.cuda.Device = lambda index: contextlib.nullcontext()
+    cupy.zeros = lambda *args, **kwargs: _ProbeArray()  # zeros(1).sum(): CUB, no NVRTC
+    cupy.ones = lambda *args, **kwargs: _ProbeArray(missing)
+    return cupy
+
+
+def test_cuda_libraries_cupy_cannot_load_are_found_up_front(monkeypatch):
+    """Before: the probe's zeros(1).sum() passed, `auto` chose the GPU and training failed at
+    its first kernel with CuPy's traceback."""
+    message = error_for(monkeypatch, cupy_without_nvrtc())
+    assert "libnvrtc.so.13" in message and 'pip install "cnnx[cuda12]"' in message
+    monkeypatch.setattr(backends, "_CACHE", {"cpu": backends._CPU})
+    assert get_backend("auto").name == "cpu"
+
+
+def test_the_cuda_extras_install_the_libraries_cupy_loads():
+    """CuPy's wheels bring neither NVRTC nor cuBLAS: its [ctk] extra installs them."""
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    for major in (12, 13):
+        assert re.search(rf'cuda{major} = \["cupy-cuda{major}x\[ctk\]>=14"\]', text), major
+
+
 def test_auto_falls_back_to_the_cpu(monkeypatch):
     monkeypatch.setattr(backends, "_CACHE", {"cpu": backends._CPU})  # forget a real GPU's backend
     monkeypatch.setattr(cupy_backend, "_import_cupy", lambda: fake_cupy(driver=0))
@@ -179,3 +230,13 @@ def test_an_unusable_cupy_cache_dir_is_one_line_naming_it(unwritable_home, monke
         cupy_backend._import_cupy()
     assert re.fullmatch(r"CuPy cannot create its kernel cache directory \S+home/cache \(.+\): "
                         r"set CUPY_CACHE_DIR to a writable directory", str(caught.value))
+
+
+def test_asking_for_a_gpu_makes_it_the_current_device(monkeypatch):
+    """CuPy puts every new array on the current device: `cuda:1` left it at GPU 0, where the
+    layers' own arrays (xp.zeros, reductions, elementwise results) were then made."""
+    made_current = []
+    gpu = types.SimpleNamespace(make_current=lambda: made_current.append(1))
+    monkeypatch.setattr(backends, "_CACHE", {"cpu": backends._CPU, (1, True): gpu})
+    assert get_backend("cuda:1", kernels=True) is gpu
+    assert made_current == [1]

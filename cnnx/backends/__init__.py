@@ -22,6 +22,8 @@ _CPU = NumpyBackend()
 _CACHE: dict = {"cpu": _CPU}
 
 CUDA_INSTALL_HINT = 'pip install "cnnx[cuda12]" (CUDA 12 driver) or "cnnx[cuda13]" (CUDA 13)'
+CUDA_LIBRARIES_HINT = ('install CuPy with the CUDA libraries it loads (NVRTC, cuBLAS), '
+                       f'{CUDA_INSTALL_HINT}, or install the CUDA Toolkit')
 
 
 class DeviceError(RuntimeError):
@@ -62,6 +64,7 @@ def get_backend(device="cpu", kernels: bool | None = None) -> Backend:
             from .cupy_backend import make_cupy_backend
 
             _CACHE[key] = make_cupy_backend(int(index_text), use_kernels)
+        _CACHE[key].make_current()
         return _CACHE[key]
     raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N' or 'auto'")
 

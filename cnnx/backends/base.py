@@ -213,7 +213,8 @@ class Backend:
                 y = v.copy()
                 continue
             better = v > y  # strict: ties keep the earlier offset
-            argmax[better] = k
+            # not argmax[better] = k: CuPy counts a mask's True values on the host first
+            xp.copyto(argmax, k, where=better)
             xp.maximum(y, v, out=y)
         return y, argmax
 

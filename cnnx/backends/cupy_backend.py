@@ -22,7 +22,7 @@ import tempfile
 
 import numpy
 
-from . import CUDA_INSTALL_HINT, DeviceError
+from . import CUDA_INSTALL_HINT, CUDA_LIBRARIES_HINT, DeviceError
 from .base import Backend, Window
 from .kernel_source import CTYPES, KERNEL_FILES, ctype_of, name_expression, source_of
 
@@ -89,8 +89,23 @@ def make_cupy_backend(index: int, kernels: bool) -> "CupyBackend":
         with cupy.cuda.Device(index):
             cupy.zeros(1).sum().item()  # a tiny allocation and kernel: fails fast when broken
     except Exception as exc:
-        raise DeviceError(f"cuda:{index} failed its first use: {exc}; {CUDA_INSTALL_HINT}")
+        raise DeviceError(f"cuda:{index} failed its first use: {_one_line(exc)}; "
+                          f"{CUDA_INSTALL_HINT}")
+    try:
+        with cupy.cuda.Device(index):
+            # The sum above runs CuPy's precompiled CUB code: it loads neither NVRTC (which
+            # compiles every elementwise kernel and ours) nor cuBLAS, which a CuPy wheel
+            # installed without its [ctk] extra or a CUDA Toolkit lacks. Use both once.
+            a = cupy.ones((2, 2), dtype="float32")
+            float(((a + 1) @ a).sum())
+    except Exception as exc:
+        raise DeviceError(f"CuPy cannot load a CUDA library it needs on cuda:{index} "
+                          f"({_one_line(exc)}): {CUDA_LIBRARIES_HINT}")
     return CupyBackend(cupy, index, kernels)
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
 
 
 def cuda_version_text(version: int) -> str:
@@ -198,6 +213,12 @@ class CupyBackend(Backend):
         from .cuda_graph import CudaGraphCapture
 
         return CudaGraphCapture(self)
+
+    def make_current(self) -> None:
+        """Make this GPU the thread's current device: CuPy allocates every new array (the
+        layers' xp.zeros, reductions, elementwise results) on the current device, not on its
+        inputs' one, so with cuda:1 they would land on GPU 0. get_backend calls this."""
+        self.device.use()
 
     def asarray(self, a, dtype=None, copy: bool = False):
         with self.device:  # a copy, too, is made on the current device
