@@ -26,7 +26,6 @@ import errno
 import json
 import os
 import secrets
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,7 +219,7 @@ def load(path) -> Checkpoint:
 
 
 def _read_arrays(path: Path) -> dict:
-    from .data.formats import numpy_file_kind
+    from .data.formats import NUMPY_LOAD_ERRORS, numpy_file_kind
 
     try:
         kind = numpy_file_kind(path)
@@ -234,7 +233,7 @@ def _read_arrays(path: Path) -> dict:
             raise ValueError("not an .npz archive")
         with npz:
             return {k: npz[k] for k in npz.files}  # reading every member checks its CRC
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+    except (*NUMPY_LOAD_ERRORS, KeyError) as exc:  # damaged zip or deflate data, odd methods
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from None
 
 

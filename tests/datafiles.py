@@ -7,10 +7,12 @@ import contextlib
 import functools
 import gzip
 import hashlib
+import io
 import http.server
 import pickle
 import struct
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,45 @@ IDX_NAMES = {
     "x_train": "train-images-idx3-ubyte.gz", "y_train": "train-labels-idx1-ubyte.gz",
     "x_test": "t10k-images-idx3-ubyte.gz", "y_test": "t10k-labels-idx1-ubyte.gz",
 }
+
+
+def _zip_member_offsets(raw: bytes, name: bytes) -> tuple[int, int]:
+    """(local header offset, central directory entry offset) of the zip member ``name``."""
+    local = raw.index(b"PK\x03\x04")
+    while raw[local + 30:local + 30 + len(name)] != name:
+        local = raw.index(b"PK\x03\x04", local + 4)
+    central = raw.index(b"PK\x01\x02")
+    while raw[central + 46:central + 46 + len(name)] != name:
+        central = raw.index(b"PK\x01\x02", central + 4)
+    return local, central
+
+
+def garbled_deflate(raw: bytes, member: str) -> bytes:
+    """The zip ``raw`` with ``member``'s compressed data starting with an invalid deflate
+    block type (``member`` must be stored compressed)."""
+    local, _ = _zip_member_offsets(raw, member.encode())
+    name_len, extra_len = (int.from_bytes(raw[local + o:local + o + 2], "little") for o in (26, 28))
+    start = local + 30 + name_len + extra_len
+    return raw[:start] + b"\xff" + raw[start + 1:]
+
+
+def marked_deflate64(raw: bytes, member: str) -> bytes:
+    """The zip ``raw`` with ``member`` marked as compressed by Deflate64 (method 9, Windows'
+    zip for large files), which Python's zipfile cannot read."""
+    local, central = _zip_member_offsets(raw, member.encode())
+    raw = bytearray(raw)
+    raw[local + 8:local + 10] = raw[central + 10:central + 12] = (9).to_bytes(2, "little")
+    return bytes(raw)
+
+
+def recompressed(raw: bytes) -> bytes:
+    """The zip ``raw``'s members written again, deflated (as ``zip -9`` would)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(raw)) as src, \
+            zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    return out.getvalue()
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -14,6 +14,7 @@ import cnnx
 from cnnx import checkpoint, models
 from cnnx.losses import SoftmaxCrossEntropy
 from cnnx.optim import SGD
+from datafiles import garbled_deflate, marked_deflate64, recompressed
 
 
 @pytest.fixture
@@ -88,6 +89,17 @@ def _damaged(tmp_path, trained, damage):
 def test_corrupt_or_truncated_file_is_one_clear_error(tmp_path, trained, damage):
     path = _damaged(tmp_path, trained, damage)
     with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda raw: garbled_deflate(recompressed(raw), "header.npy"),   # zlib.error
+    lambda raw: marked_deflate64(recompressed(raw), "header.npy"),  # NotImplementedError
+])
+def test_a_damaged_compressed_checkpoint_is_one_clear_error(tmp_path, trained, damage):
+    path = _damaged(tmp_path, trained, damage)
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt or truncated") as info:
         checkpoint.load(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 

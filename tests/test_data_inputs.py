@@ -14,7 +14,8 @@ import pytest
 
 from cnnx import data, run, session, tools
 from cnnx.data import formats, pictures, sources
-from datafiles import IDX_NAMES, cifar_batch_bytes, tiny_arrays, write_idx, write_mnist_dir
+from datafiles import (IDX_NAMES, cifar_batch_bytes, garbled_deflate, marked_deflate64,
+                       tiny_arrays, write_idx, write_mnist_dir)
 
 
 @pytest.fixture(autouse=True)
@@ -28,37 +29,10 @@ def isolated(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------- damaged files
-def _zip_member_offsets(raw: bytes, name: bytes):
-    """(local header offset, central directory entry offset) of the member ``name``."""
-    local = raw.index(b"PK\x03\x04")
-    while raw[local + 30:local + 30 + len(name)] != name:
-        local = raw.index(b"PK\x03\x04", local + 4)
-    central = raw.index(b"PK\x01\x02")
-    while raw[central + 46:central + 46 + len(name)] != name:
-        central = raw.index(b"PK\x01\x02", central + 4)
-    return local, central
-
-
-def _garbled_deflate(raw: bytes) -> bytes:
-    """The compressed x_train member's data starts with an invalid deflate block type."""
-    local, _ = _zip_member_offsets(raw, b"x_train.npy")
-    name_len, extra_len = (int.from_bytes(raw[local + o:local + o + 2], "little") for o in (26, 28))
-    start = local + 30 + name_len + extra_len
-    return raw[:start] + b"\xff" + raw[start + 1:]
-
-
-def _unsupported_method(raw: bytes) -> bytes:
-    """x_train.npy marked as compressed by Deflate64 (method 9, Windows' zip for large files),
-    which Python's zipfile cannot read."""
-    local, central = _zip_member_offsets(raw, b"x_train.npy")
-    raw = bytearray(raw)
-    raw[local + 8:local + 10] = raw[central + 10:central + 12] = (9).to_bytes(2, "little")
-    return bytes(raw)
-
-
 @pytest.mark.parametrize("damage, save, message", [
-    (_garbled_deflate, np.savez_compressed, "invalid block type"),
-    (_unsupported_method, np.savez, "compression method is not supported"),
+    (lambda raw: garbled_deflate(raw, "x_train.npy"), np.savez_compressed, "invalid block type"),
+    (lambda raw: marked_deflate64(raw, "x_train.npy"), np.savez,
+     "compression method is not supported"),
 ])
 def test_a_damaged_npz_member_is_a_one_line_error(tmp_path, damage, save, message):
     buffer = io.BytesIO()
