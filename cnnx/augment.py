@@ -7,18 +7,28 @@ host-device copy per step and replays exactly under the same seed.
 
 from __future__ import annotations
 
+import math
+
 
 class Augment:
     """Random horizontal flips (probability ``flip``) and random translations of up to
-    ``shift`` pixels in each direction (zero padding, then a crop back to the input size)."""
+    ``shift`` pixels in each direction: the image moves and the pixels it uncovers take the
+    value ``fill`` (a number, or one per channel).
 
-    def __init__(self, flip: float = 0.0, shift: int = 0):
+    ``fill`` is black in the images' own units: 0 for images in [0, 1], but ``-mean / std``
+    per channel for standardized ones (``cnnx train`` passes that), whose 0 is the mean gray.
+    """
+
+    def __init__(self, flip: float = 0.0, shift: int = 0, fill=0.0):
         if not 0 <= flip <= 1 or shift < 0:
             raise ValueError(f"Augment: need 0 <= flip <= 1 and shift >= 0, got {flip}, {shift}")
-        self.flip, self.shift = float(flip), int(shift)
+        fill = tuple(float(v) for v in (fill if hasattr(fill, "__len__") else [fill]))
+        if not fill or not all(math.isfinite(v) for v in fill):
+            raise ValueError(f"Augment: fill must be a finite number or one per channel, got {fill}")
+        self.flip, self.shift, self.fill = float(flip), int(shift), fill
 
     def config(self) -> dict:
-        return {"flip": self.flip, "shift": self.shift}
+        return {"flip": self.flip, "shift": self.shift, "fill": list(self.fill)}
 
     def plan(self, n: int, rng, backend):
         """Random parameters for n examples: (flip flags, row shifts, column shifts)."""
@@ -37,9 +47,16 @@ class Augment:
         return x
 
     def _translate(self, xp, x, dy, dx):
+        """Each image framed by ``shift`` pixels of fill, then cropped back to H x W at the
+        offset (dy, dx) in [0, 2·shift]: a move by (shift - dy, shift - dx)."""
         n, c, h, w = x.shape
         s = self.shift
-        padded = xp.pad(x, ((0, 0), (0, 0), (s, s), (s, s)))
+        if len(self.fill) not in (1, c):
+            raise ValueError(f"Augment: fill has {len(self.fill)} values for images of {c} channels")
+        padded = xp.empty((n, c, h + 2 * s, w + 2 * s), dtype=x.dtype)
+        for channel in range(c):  # Python numbers: no per-channel array sent to the device
+            padded[:, channel] = self.fill[channel % len(self.fill)]
+        padded[:, :, s:s + h, s:s + w] = x
         rows = (dy[:, None] + xp.arange(h)[None, :])[:, None, :, None]   # (N, 1, H, 1)
         cols = (dx[:, None] + xp.arange(w)[None, :])[:, None, None, :]   # (N, 1, 1, W)
         batch = xp.arange(n)[:, None, None, None]

@@ -41,7 +41,11 @@ class Session:
         self.n = len(prep.train[1])
         self.steps = len(batch_slices(self.n, cfg.batch_size, drop_last=False))
         self.schedule = make_schedule(cfg)
-        self.augment = Augment(cfg.flip, cfg.shift) if cfg.flip or cfg.shift else None
+        self.augment = None
+        if cfg.flip or cfg.shift:  # shifted-in pixels black, as the standardized images hold it
+            stats = prep.preprocess
+            black = [-m / s for m, s in zip(stats["mean"], stats["std"])]
+            self.augment = Augment(cfg.flip, cfg.shift, fill=black)
         self.history: list = []
         self.best: dict | None = None
         self.start = (0, 0)

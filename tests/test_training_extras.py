@@ -3,6 +3,7 @@ early stopping (issue 6's building blocks), on every available backend."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from fractions import Fraction
 
@@ -11,7 +12,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from cnnx import Sequential, fit, gradcheck, layers, losses, optim, train
+from cli_helpers import write_tiny_npz
+from cnnx import (Sequential, checkpoint, fit, gradcheck, layers, losses, optim, run, session,
+                  train)
 from cnnx.augment import Augment
 from cnnx.backends import make_rng
 from cnnx.schedules import Constant, Cosine, StepDecay
@@ -186,18 +189,53 @@ def test_cosine_ends_at_a_fraction_of_the_rate(final):
         Cosine(0.1, total_epochs=4, final_fraction=final)
 
 
-def test_augment_flip_and_shift_are_exact_and_replayable(backend):
-    x = np.arange(2 * 1 * 4 * 5, dtype=np.float32).reshape(2, 1, 4, 5)
-    aug = Augment(flip=0.5, shift=1)
+@pytest.mark.parametrize("channels, fill", [(1, 0.0), (3, (-1.5, -2.0, 0.25)), (3, -0.75)])
+def test_augment_flip_and_shift_are_exact_and_replayable(backend, channels, fill):
+    x = np.arange(2 * channels * 4 * 5, dtype=np.float32).reshape(2, channels, 4, 5)
+    aug = Augment(flip=0.5, shift=1, fill=fill)
     plan = aug.plan(2, make_rng((3, 0, 1)), backend)
     out = backend.to_numpy(aug.apply(backend.asarray(x), plan, backend))
     flips, dy, dx = (backend.to_numpy(p) for p in plan)
-    for i in range(2):
-        img = x[i, 0, :, ::-1] if flips[i] else x[i, 0]
-        padded = np.pad(img, 1)
-        np.testing.assert_array_equal(out[i, 0], padded[dy[i]:dy[i] + 4, dx[i]:dx[i] + 5])
+    fills = np.broadcast_to(np.asarray(fill, np.float32), (channels,))
+    for i, c in itertools.product(range(2), range(channels)):
+        img = x[i, c, :, ::-1] if flips[i] else x[i, c]
+        padded = np.pad(img, 1, constant_values=fills[c])
+        np.testing.assert_array_equal(out[i, c], padded[dy[i]:dy[i] + 4, dx[i]:dx[i] + 5])
+    assert out.dtype == np.float32
     again = aug.plan(2, make_rng((3, 0, 1)), backend)
     assert all((backend.to_numpy(a) == backend.to_numpy(b)).all() for a, b in zip(plan, again))
+
+
+@pytest.mark.parametrize("fill, message", [
+    (float("nan"), "fill must be a finite number"), ((), "fill must be a finite number"),
+    ((0.0, 1.0), "fill has 2 values for images of 3 channels"),
+])
+def test_augment_refuses_a_fill_it_cannot_use(backend, fill, message):
+    with pytest.raises(ValueError, match=message):
+        aug = Augment(shift=1, fill=fill)
+        aug.apply(backend.asarray(np.zeros((1, 3, 4, 4), np.float32)),
+                  aug.plan(1, make_rng(0), backend), backend)
+
+
+def test_a_training_run_shifts_black_in_not_the_mean_gray(tmp_path):
+    """Images are standardized before augmentation, so a fill of 0 is each channel's mean
+    (Fashion-MNIST: a gray band beside black backgrounds); black there is -mean / std."""
+    write_tiny_npz(tmp_path / "d.npz")
+    seen = []
+
+    class Recording(Augment):
+        def apply(self, x, plan, backend):
+            seen.append(self.fill)
+            return super().apply(x, plan, backend)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(session, "Augment", Recording)
+        result = run.train({"dataset": str(tmp_path / "d.npz"), "model": "seed-cnn", "epochs": 1,
+                            "shift": 1}, tmp_path / "run", device="cpu")
+    stats = checkpoint.load(tmp_path / "run" / "checkpoint.npz").header["preprocess"]
+    black = -stats["mean"][0] / stats["std"][0]
+    assert result["epochs"] == 1 and black < -0.5
+    assert seen and all(fill == pytest.approx((black,)) for fill in seen)
 
 
 def test_early_stopping_counts_epochs_without_improvement():
