@@ -10,6 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from cnnx import Sequential, gradcheck, layers, losses
+from cnnx.gradcheck import DEFAULT_EPS, numeric_gradient
 from conftest import tie_free
 
 TOL = 1e-7
@@ -212,3 +213,65 @@ def test_gradcheck_leaves_the_model_as_it_found_it(backend):
 def test_gradcheck_refuses_float32(backend):
     with pytest.raises(ValueError, match="float64"):
         gradcheck(layers.Dense(2, 2).to(backend), backend.asarray(np.ones((1, 2), np.float32)))
+
+
+# ------------------------------------------------------------------------------ kinks
+EPS = DEFAULT_EPS
+
+
+def _central_error(layer, x, index):
+    """The central quotient's error at one element of the input (J = Σ forward(x) ⊙ 1)."""
+    objective = lambda: float(layer.forward(x).sum())  # noqa: E731
+    analytic = layer.backward(layer.forward(x) * 0 + 1)
+    numeric = numeric_gradient(objective, x, EPS)
+    return float(abs(analytic - numeric).reshape(-1)[index])
+
+
+@pytest.mark.parametrize("offset", [0.3, 0.0, -0.6], ids=["just-above-0", "at-0", "just-below-0"])
+def test_gradcheck_takes_a_relu_kink_from_its_smooth_side(backend, offset):
+    # an input within ε of ReLU's kink: the central quotient averages the slopes 0 and 1
+    # (error ~0.5 of a gradient of size 1), though the analytic gradient is one of them
+    # exactly (ReLU'(0) = 0); the one-sided quotient from the side that does not cross agrees
+    x = backend.asarray(np.array([[offset * EPS, 0.7, -0.4, 1.3]]))
+    layer = layers.ReLU(dtype="float64").to(backend)
+    assert _central_error(layer, x, 0) > 0.1  # the kink is really there
+    _assert_small(gradcheck(layer, x))
+
+
+def test_gradcheck_takes_kinks_from_their_smooth_side_in_a_subset(backend):
+    # max_elements: the elements re-measured are found by their place in the whole array
+    x = backend.asarray(np.linspace(-0.9, 0.9, 20).reshape(2, 10) * EPS)
+    layer = layers.ReLU(dtype="float64").to(backend)
+    assert _central_error(layer, x, 0) > 0.01  # 0.05 at -0.9ε
+    _assert_small(gradcheck(layer, x, max_elements=7))
+
+
+def test_gradcheck_takes_a_max_pool_tie_from_its_smooth_side(backend):
+    # two equal maxima: the gradient goes to the first (the tie convention); moving it up
+    # keeps it the maximum, moving the second up makes that one the maximum
+    x = backend.asarray(np.array([[[[0.5, 0.5], [-0.2, 0.1]]]]))
+    layer = layers.MaxPool2D(2, dtype="float64").to(backend)
+    assert _central_error(layer, x, 0) > 0.1 and _central_error(layer, x, 1) > 0.1
+    _assert_small(gradcheck(layer, x))
+
+
+def test_gradcheck_takes_a_bias_between_two_kinks_with_shorter_steps(backend):
+    # a bias shifts every input of its channel: here one is 0.3ε below ReLU's kink and one
+    # 1.5ε above it, so both one-sided quotients of step ε (reaching 2ε) cross one; those of
+    # step ε/4 cross neither
+    conv = layers.Conv2D(1, 1, 1, activation="relu", dtype="float64").to(backend)
+    conv.params["W"][...] = 1.0
+    conv.params["b"][...] = 0.0
+    x = backend.asarray(np.array([[[[-0.3 * EPS, 1.5 * EPS], [0.8, -0.5]]]]))
+    errors = gradcheck(conv, x)
+    _assert_small(errors)
+
+
+def test_gradcheck_near_a_kink_still_catches_a_wrong_gradient(backend):
+    # the one-sided quotients are estimates of the same derivative: a gradient off by 1%
+    # matches none of them
+    layer = layers.ReLU(dtype="float64").to(backend)
+    original = layer.backward
+    layer.backward = lambda dy: original(dy) * 1.01
+    x = backend.asarray(np.array([[0.3 * EPS, 0.7, -0.4, 1.3]]))
+    assert gradcheck(layer, x)["input"] > 1e-3
