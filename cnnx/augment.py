@@ -53,6 +53,9 @@ class Augment:
         s = self.shift
         if len(self.fill) not in (1, c):
             raise ValueError(f"Augment: fill has {len(self.fill)} values for images of {c} channels")
+        if s >= min(h, w):  # some images would hold nothing but fill
+            raise ValueError(f"Augment: a shift of {s} can move {h}x{w} images wholly out of "
+                             f"their frame; give a shift below {min(h, w)}")
         padded = xp.empty((n, c, h + 2 * s, w + 2 * s), dtype=x.dtype)
         for channel in range(c):  # Python numbers: no per-channel array sent to the device
             padded[:, channel] = self.fill[channel % len(self.fill)]

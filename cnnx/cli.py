@@ -198,7 +198,8 @@ def cnnx():
 @click.option("--flip", type=FiniteFloatRange(0, 1), default=DEFAULTS.flip, show_default=True,
               help="Augmentation: probability of a horizontal flip.")
 @click.option("--shift", type=click.IntRange(min=0), default=DEFAULTS.shift, show_default=True,
-              help="Augmentation: random shifts of up to this many pixels (black shifted in).")
+              help="Augmentation: random shifts of up to this many pixels, fewer than the "
+              "images' height and width (black shifted in).")
 @click.option("--patience", type=click.IntRange(min=1),
               help="Stop after this many epochs without a better validation loss (needs a "
               "validation set; --val-split 0 turns a recipe's off).")

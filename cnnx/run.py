@@ -122,6 +122,10 @@ def prepare_data(cfg: TrainConfig, log=None) -> Prepared:
         raise ValueError(f"--image-size resizes a directory of pictures; {cfg.dataset} images "
                          "come in one size already")
     ds = data.load_dataset(cfg.dataset, cfg.data_dir, log=log, image_size=cfg.image_size)
+    height, width = ds.input_shape[1:]
+    if cfg.shift >= min(height, width):  # some images would hold nothing but black
+        raise ValueError(f"--shift {cfg.shift} can move an image of {ds.name} ({height}x{width}) "
+                         f"wholly out of its frame: give a --shift below {min(height, width)}")
     if len(np.unique(ds.y_train)) < 2:  # it would learn that class: "accuracy 1.0, good fit"
         raise ValueError(f"the training labels of {ds.source} hold one class only "
                          f"({ds.y_train[0]}): a classifier needs two or more")

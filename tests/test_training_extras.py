@@ -217,6 +217,29 @@ def test_augment_refuses_a_fill_it_cannot_use(backend, fill, message):
                   aug.plan(1, make_rng(0), backend), backend)
 
 
+@pytest.mark.parametrize("shift, ok", [(3, True), (4, False), (9, False)])
+def test_augment_refuses_a_shift_that_can_empty_an_image(backend, shift, ok):
+    # images 4 rows by 6 columns: a move by 4 rows leaves nothing of an image but fill
+    aug = Augment(shift=shift)
+    x = backend.asarray(np.ones((5, 1, 4, 6), np.float32))
+    apply = lambda: aug.apply(x, aug.plan(5, make_rng(0), backend), backend)  # noqa: E731
+    if ok:
+        assert apply().shape == x.shape
+    else:
+        with pytest.raises(ValueError, match=f"a shift of {shift} can move 4x6 images wholly "
+                                             "out of their frame; give a shift below 4"):
+            apply()
+
+
+def test_a_training_run_refuses_a_shift_as_large_as_its_images(tmp_path):
+    write_tiny_npz(tmp_path / "d.npz")
+    with pytest.raises(ValueError, match=r"--shift 28 can move an image of d \(28x28\) wholly "
+                                         r"out of its frame: give a --shift below 28"):
+        run.train({"dataset": str(tmp_path / "d.npz"), "model": "seed-cnn", "shift": 28},
+                  tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_training_run_shifts_black_in_not_the_mean_gray(tmp_path):
     """Images are standardized before augmentation, so a fill of 0 is each channel's mean
     (Fashion-MNIST: a gray band beside black backgrounds); black there is -mean / std."""
