@@ -110,14 +110,18 @@ def _verdict(j_train: float, j_cv: float | None, chance: float) -> dict:
         return {"verdict": verdict, "j_train": j_train, "j_cv": None,
                 "remedies": REMEDIES["bias"] if high_bias else []}
     high_variance = j_cv > GAP_RATIO * j_train and j_cv - j_train > GAP_MIN * chance
+    # the mirror image of ≫ is no verdict of seed 000's, but "≈" would be untrue: say so
+    cv_far_below = j_train > GAP_RATIO * j_cv and j_train - j_cv > GAP_MIN * chance
+    relation = ("J_cv ≪ J_train (is the validation set drawn like the training set?)"
+                if cv_far_below else "J_cv ≈ J_train")
     if high_bias and high_variance:
         verdict, remedies = "high bias and high variance", REMEDIES["bias"] + REMEDIES["variance"]
     elif high_bias:
-        verdict, remedies = "high bias (underfitting): J_train high, J_cv ≈ J_train", REMEDIES["bias"]
+        verdict, remedies = f"high bias (underfitting): J_train high, {relation}", REMEDIES["bias"]
     elif high_variance:
         verdict, remedies = "high variance (overfitting): J_cv ≫ J_train", REMEDIES["variance"]
     else:
-        verdict, remedies = "good fit: J_train low and J_cv ≈ J_train", []
+        verdict, remedies = f"good fit: J_train low and {relation}", []
     return {"verdict": verdict, "j_train": j_train, "j_cv": j_cv, "remedies": remedies}
 
 

@@ -387,6 +387,9 @@ def test_a_bad_cnnx_cpu_threads_is_one_line(monkeypatch):
     (0.60, 1.50, "high bias and high variance"),   # both
     (0.05, 0.08, "good fit"),                      # small gap: not ≫
     (0.05, None, "unknown variance"),
+    (1.0, 0.5, "high bias (underfitting): J_train high, J_cv ≪ J_train"),  # not "≈"
+    (0.2, 0.05, "good fit: J_train low and J_cv ≪ J_train"),
+    (0.05, 0.02, "good fit: J_train low and J_cv ≈ J_train"),  # below ln(10)/20 apart
 ])
 def test_bias_variance_diagnosis(j_train, j_cv, verdict):
     d = report.diagnose(j_train, j_cv, classes=10)
