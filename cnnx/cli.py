@@ -338,10 +338,11 @@ def gradcheck(ctx, model, input_shape, tolerance, max_elements, seed):
     """Check a model's gradients by finite differences.
 
     Builds MODEL in float64, runs it on random data and compares every parameter's analytic
-    gradient with central differences (one-sided, from the smooth side, where a ReLU or
-    max-pool kink lies within the step); prints the largest relative error per layer (0 where
-    both gradients are within the finite-difference noise of 0, such as a conv bias before a
-    batch norm) and exits with status 1 above --tolerance.
+    gradient with central differences (on --max-elements of each array; one-sided, from the
+    smooth side, where a ReLU or max-pool kink lies within the step); prints the relative
+    error of each parameter array and of the input gradient (0 where both gradients are within
+    the finite-difference noise of 0, such as a conv bias before a batch norm) and exits with
+    status 1 when the largest is above --tolerance.
     """
     r = tools.gradcheck_model(model, input_shape, seed=seed, max_elements=max_elements)
     for row in r["errors"]:

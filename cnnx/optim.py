@@ -49,10 +49,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Mini-batch SGD (seed 000 §1.3.2, seed 001 eq. 21: w ← w - η ∂J/∂w), with optional
-    momentum μ and weight decay λ (the gradient of the L2 penalty (λ/2)‖w‖², seed 000 §1.5.1):
+    """Mini-batch SGD (seed 001 eq. 21, seeds 002 and 004: w ← w - η ∂J/∂w, with ∂J/∂w the
+    batch mean of seed 000 §1.3.2), with optional momentum μ and weight decay λ (the gradient
+    of the L2 penalty (λ/2)‖w‖², seed 000 §1.5.1):
 
         g ← ∂J/∂w + λ w;   v ← μ v + g;   w ← w - η v        (PyTorch's convention)
+
+    ``nesterov=True`` steps by g + μ v instead of v (PyTorch's Nesterov form).
     """
 
     def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,

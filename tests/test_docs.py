@@ -116,3 +116,21 @@ def test_the_readme_library_example_runs(capsys, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", x[:1])   # cnnx predict reads the saved file, class names too
     rows = tools.predict_files(tmp_path / "model.npz", [tmp_path / "x.npy"], device="auto")
     assert rows[0]["top"][0]["name"] == small.class_names[int(np.argmax(outputs[0]))]
+
+
+def test_tests_cited_exist():
+    """Every test file (``tests/....py``, with its ``::test_name`` where given) that the docs,
+    the benchmarks log or a docstring in cnnx/ cite, and every test function docs/math.md names
+    in backticks, exists: a renamed test cannot leave "a test pins it" pointing nowhere."""
+    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *(ROOT / "docs").glob("*.md"),
+             *(ROOT / "cnnx").rglob("*.py")]
+    texts = [path.read_text(encoding="utf-8") for path in files]
+    cited = {m for text in texts for m in re.findall(r"tests/[\w/]+\.py(?:::\w+)?", text)}
+    math = (ROOT / "docs/math.md").read_text(encoding="utf-8")
+    cited |= {f"::{name}" for name in re.findall(r"`(test_\w+)`", math)}
+    defined = {name for p in (ROOT / "tests").rglob("*.py")
+               for name in re.findall(r"^def (test_\w+)", p.read_text(encoding="utf-8"), re.M)}
+    missing = [c for c in sorted(cited)
+               if (c.split("::")[0] and not (ROOT / c.split("::")[0]).is_file())
+               or ("::" in c and c.split("::")[1] not in defined)]
+    assert cited and not missing

@@ -54,7 +54,8 @@ class Backend:
     """A device plus the array module ``xp`` that computes on it.
 
     Subclasses set ``xp`` and ``name``; hot-path methods may be overridden by faster versions
-    that must give the same results (tested in ``tests/test_backend_ops.py``).
+    that must give the same results (tested in ``tests/test_cpu_fast_paths.py``,
+    ``tests/test_kernels_cpu_shim.py`` and ``tests/test_cuda_backend.py``).
     """
 
     xp = None

@@ -18,10 +18,11 @@ class _Activation(Layer):
 class ReLU(_Activation):
     """R(z) = max(z, 0) (seed 001 eq. 9).
 
-    ReLU'(0): seed 001 eq. 10 takes 1/2, seeds 002 and 003 leave it undefined (they list z > 0
-    and z < 0 only). We take ReLU'(0) = 0, as PyTorch and most libraries do: the subgradient
-    at a kink is a convention, 0 keeps dead units exactly dead, and it matches the oracle we
-    compare against. tests/test_layers.py pins it.
+    ReLU'(0): seed 001 eq. 10 takes 1/2, seed 004 takes 1 (it passes dL/dy where y >= 0),
+    seeds 002 and 003 leave it undefined (they list z > 0 and z < 0 only). We take
+    ReLU'(0) = 0, as PyTorch and most libraries do: the subgradient at a kink is a convention,
+    0 keeps dead units exactly dead, and it matches the oracle we compare against.
+    tests/test_seed_examples.py pins it.
     """
 
     def forward(self, x):
