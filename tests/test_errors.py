@@ -66,6 +66,29 @@ def test_loss_shape_mismatches(backend):
         losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
 
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("make, shape", [(losses.MSE, (2, 3)), (losses.BinaryCrossEntropy, (2, 3)),
+                                         (losses.SoftmaxCrossEntropy, (2, 3))])
+def test_losses_refuse_non_finite_targets(backend, make, shape, bad):
+    """A NaN target fails no range comparison (NaN < 0 and NaN > 1 are both False): without
+    this check it came out as a NaN loss (an inf one as inf or NaN) with no word why."""
+    target = np.full(shape, 0.5)
+    target[1, 2] = bad
+    loss = make().to(backend)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: targets contain NaN or inf$"):
+        loss.forward(_x(backend, shape), backend.asarray(target))
+
+
+def test_soft_targets_must_be_weights_not_negative(backend):
+    """A negative class weight has no meaning as a target distribution (the loss could go
+    below 0 without bound); it was taken, giving e.g. -3.3 for logits 0 and targets -1."""
+    loss = losses.SoftmaxCrossEntropy().to(backend)
+    with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy: one-hot / soft targets must be >= 0"):
+        loss.forward(_x(backend, (2, 3)), backend.asarray(np.array([[1.0, 0, 0], [0.5, 0.6, -0.1]])))
+    value = loss.forward(_x(backend, (2, 3)), backend.asarray(np.array([[1.0, 0, 0], [0, 0.5, 0.5]])))
+    assert float(value) == pytest.approx(np.log(3))
+
 #: one small instance of every layer type (float64) and an input shape it takes
 EVERY_LAYER = {
     "Conv2D": (lambda: layers.Conv2D(2, 3, 3, dtype="float64"), (2, 2, 5, 5)),
