@@ -93,7 +93,7 @@ class SoftmaxCrossEntropy(Loss):
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_total = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
             log_p = shifted - log_total
-            loss = -(target * log_p).sum() / batch
+            loss = (target * (log_total - shifted)).sum() / batch  # Σ y (-log p): +0, never -0
             grad = (xp.exp(log_p) * target.sum(axis=1, keepdims=True) - target) / batch
         self._cache = grad
         return loss
