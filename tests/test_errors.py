@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from cnnx import Sequential, layers, losses, models
+from cnnx import Sequential, layers, losses, models, optim
 
 
 def _x(backend, shape, dtype="float32"):
@@ -175,6 +175,30 @@ def test_counts_must_be_positive_integers_not_truncated(make, message):
 def test_hyperparameters_must_be_numbers_in_range(make, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         make()
+
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: optim.SGD(m, lr=_INF), "SGD: learning rate must be a finite number > 0, got inf"),
+    (lambda m: optim.SGD(m, lr="0.1"), "SGD: learning rate must be a finite number > 0, got '0.1'"),
+    (lambda m: optim.SGD(m, lr=0.1, weight_decay=_NAN), "SGD: weight_decay must be a finite number >= 0, got nan"),
+    (lambda m: optim.SGD(m, lr=0.1, weight_decay=_INF), "SGD: weight_decay must be a finite number >= 0, got inf"),
+    (lambda m: optim.SGD(m, lr=0.1, momentum=_NAN), "SGD: momentum must be in [0, 1), got nan"),
+    (lambda m: optim.Adam(m, lr=_INF), "Adam: learning rate must be a finite number > 0, got inf"),
+    (lambda m: optim.Adam(m, eps=_NAN), "Adam: eps must be a finite number > 0, got nan"),
+    (lambda m: optim.Adam(m, eps=_INF), "Adam: eps must be a finite number > 0, got inf"),
+    (lambda m: optim.Adam(m, weight_decay=_NAN), "Adam: weight_decay must be a finite number >= 0, got nan"),
+    (lambda m: optim.Adam(m, betas=(0.9, 1.0)), "Adam: beta2 must be in [0, 1), got 1.0"),
+    (lambda m: optim.Adam(m, betas=(0.9,)), "Adam: betas must be a pair (beta1, beta2), got (0.9,)"),
+])
+def test_optimizer_settings_must_be_finite_and_in_range(make, message):
+    """NaN weight decay or eps, or an infinite rate, used to be taken, and the first step made
+    every weight NaN (a diverged run, blamed on the learning rate)."""
+    model = Sequential([layers.Dense(3, 2)])
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make(model)
 
 
 def test_model_shape_mismatch_is_found_at_construction():
