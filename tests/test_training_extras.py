@@ -116,6 +116,22 @@ def test_dropout_is_replayable_scaled_and_off_in_eval(backend):
     assert a.buffers["calls"] == 3
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_keeps_its_mask_in_the_layer_dtype(backend, dtype):
+    """The scaled mask that forward keeps for backward is x's dtype, never a float64 array cast
+    at each use (it was bool / (1 - p): float64, twice a float32 batch's memory), and its
+    value is 1/(1-p) rounded once to that dtype."""
+    x = backend.asarray(np.full((64, 40), 3.0), dtype)
+    drop = layers.Dropout(0.3, seed=1, dtype=dtype).to(backend)
+    y = backend.to_numpy(drop.forward(x))
+    assert drop._cache.dtype == dtype and y.dtype == dtype
+    scale = np.dtype(dtype).type(1 / 0.7)
+    assert set(np.unique(y)) == {0.0, np.dtype(dtype).type(3) * scale}
+    dx = backend.to_numpy(drop.backward(backend.asarray(np.ones((64, 40)), dtype)))
+    assert dx.dtype == dtype and set(np.unique(dx)) == {0.0, scale}
+    np.testing.assert_array_equal(dx == 0, y == 0)
+
+
 def _quadratic_model(backend):
     # one Dense layer, so the optimizers can be compared with the formulas step by step
     model = Sequential([layers.Dense(3, 2, dtype="float64")], seed=0).to(backend)
