@@ -62,8 +62,22 @@ class Optimizer:
             saved = {key: state[key] for key in self.hyperparameters() if key in state}
             # through the constructor, which checks them (and empties the buffers, loaded next)
             type(self).__init__(self, self.model, **{**self.hyperparameters(), **saved})
-        backend = self.model.backend
-        self.state = {name: backend.asarray(v, copy=True) for name, v in state["buffers"].items()}
+        self.state = {name: self._buffer_for(name, value)
+                      for name, value in state["buffers"].items()}
+
+    def _buffer_for(self, name: str, value):
+        """A saved buffer as a copy on the model's backend in its parameter's dtype (a float64
+        state would otherwise turn the updates of a float32 model into float64 arithmetic);
+        ValueError when it belongs to no parameter of the model's shape."""
+        params = {key: layer.params[k] for key, layer, k in self.model.parameters()}
+        # SGD keys a velocity by its parameter's name ("0.W"), Adam adds ".m" and ".v"
+        param = params.get(name, params.get(name.rpartition(".")[0]))
+        if param is None or tuple(value.shape) != tuple(param.shape):
+            where = ("no parameter of this model" if param is None
+                     else f"shape {tuple(param.shape)}")
+            raise ValueError(f"{type(self).__name__}: the saved buffer {name} "
+                             f"{tuple(value.shape)} does not fit this model ({where})")
+        return self.model.backend.asarray(value, dtype=param.dtype, copy=True)
 
 
 class SGD(Optimizer):
