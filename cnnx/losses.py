@@ -42,8 +42,13 @@ class Loss:
         if pred.ndim < 1 or pred.shape[0] == 0:
             raise ValueError(f"{self.name}: expected a non-empty batch, got shape {tuple(pred.shape)}")
         target = backend.asarray(target)
-        if config.check_finite and not bool(backend.xp.isfinite(pred).all()):
-            raise ValueError(f"{self.name}: predictions contain NaN or inf")
+        if config.check_finite:
+            xp = backend.xp
+            if not bool(xp.isfinite(pred).all()):
+                raise ValueError(f"{self.name}: predictions contain NaN or inf")
+            # a NaN target slips through every range comparison and makes the loss NaN
+            if target.dtype.kind in "fc" and not bool(xp.isfinite(target).all()):
+                raise ValueError(f"{self.name}: targets contain NaN or inf")
         return backend, target
 
     def _require_forward(self):
@@ -60,7 +65,7 @@ class SoftmaxCrossEntropy(Loss):
     """J = (1/B) Σ_b -Σ_i y_i log softmax(z)_i  (seed 001 eqs. 13-14), fused with the softmax.
 
     ``pred``: logits (B, K). ``target``: integer labels (B,) in [0, K), or one-hot / soft
-    label rows (B, K).
+    label rows (B, K) of finite weights >= 0.
     """
 
     def forward(self, logits, target):
@@ -82,10 +87,13 @@ class SoftmaxCrossEntropy(Loss):
         else:
             self._same_shape(logits, target, "one-hot target")
             target = target.astype(logits.dtype, copy=False)
+            if config.check_finite and bool((target < 0).any()):
+                raise ValueError(f"{self.name}: one-hot / soft targets must be >= 0 (weights of "
+                                 f"the classes), got a negative one")
             shifted = logits - logits.max(axis=1, keepdims=True)
             log_total = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
             log_p = shifted - log_total
-            loss = -(target * log_p).sum() / batch
+            loss = (target * (log_total - shifted)).sum() / batch  # Σ y (-log p): +0, never -0
             grad = (xp.exp(log_p) * target.sum(axis=1, keepdims=True) - target) / batch
         self._cache = grad
         return loss

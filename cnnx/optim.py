@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
+from .layers.base import is_number
+
+
+def _setting(optimizer, name: str, value, low: float, high: float = math.inf,
+             low_open: bool = False, high_open: bool = True) -> float:
+    """``value`` as a float when it is a real number in the range, else a one-line ValueError.
+    The range is finite (inf and NaN are refused): one NaN or inf setting would turn every
+    weight into NaN at the first step, with nothing to say why."""
+    if not (is_number(value) and math.isfinite(value)
+            and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)):
+        interval = (f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+                    if high < math.inf else f"{'>' if low_open else '>='} {low:g}")
+        what = f"in {interval}" if high < math.inf else f"a finite number {interval}"
+        raise ValueError(f"{type(optimizer).__name__}: {name} must be {what}, got {value!r}")
+    return float(value)
+
 
 class Optimizer:
     def __init__(self, model, lr: float):
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: learning rate must be > 0, got {lr}")
+        lr = _setting(self, "learning rate", lr, 0, low_open=True)
         self.model = model
         self.lr = float(lr)
         self.state: dict = {}  # per-parameter buffers, keyed by parameter name
@@ -44,8 +62,22 @@ class Optimizer:
             saved = {key: state[key] for key in self.hyperparameters() if key in state}
             # through the constructor, which checks them (and empties the buffers, loaded next)
             type(self).__init__(self, self.model, **{**self.hyperparameters(), **saved})
-        backend = self.model.backend
-        self.state = {name: backend.asarray(v, copy=True) for name, v in state["buffers"].items()}
+        self.state = {name: self._buffer_for(name, value)
+                      for name, value in state["buffers"].items()}
+
+    def _buffer_for(self, name: str, value):
+        """A saved buffer as a copy on the model's backend in its parameter's dtype (a float64
+        state would otherwise turn the updates of a float32 model into float64 arithmetic);
+        ValueError when it belongs to no parameter of the model's shape."""
+        params = {key: layer.params[k] for key, layer, k in self.model.parameters()}
+        # SGD keys a velocity by its parameter's name ("0.W"), Adam adds ".m" and ".v"
+        param = params.get(name, params.get(name.rpartition(".")[0]))
+        if param is None or tuple(value.shape) != tuple(param.shape):
+            where = ("no parameter of this model" if param is None
+                     else f"shape {tuple(param.shape)}")
+            raise ValueError(f"{type(self).__name__}: the saved buffer {name} "
+                             f"{tuple(value.shape)} does not fit this model ({where})")
+        return self.model.backend.asarray(value, dtype=param.dtype, copy=True)
 
 
 class SGD(Optimizer):
@@ -61,14 +93,12 @@ class SGD(Optimizer):
     def __init__(self, model, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False):
         super().__init__(model, lr)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"SGD: weight_decay must be >= 0, got {weight_decay}")
+        momentum = _setting(self, "momentum", momentum, 0, 1)
+        weight_decay = _setting(self, "weight_decay", weight_decay, 0)
         if nesterov and not momentum:
             raise ValueError("SGD: nesterov=True needs a momentum > 0")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = momentum
+        self.weight_decay = weight_decay
         self.nesterov = bool(nesterov)
 
     def step(self, scalars=None) -> None:
@@ -113,12 +143,13 @@ class Adam(Optimizer):
     def __init__(self, model, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = False):
         super().__init__(model, lr)
-        b1, b2 = (float(b) for b in betas)
-        if not (0 <= b1 < 1 and 0 <= b2 < 1) or eps <= 0 or weight_decay < 0:
-            raise ValueError(f"Adam: need 0 <= betas < 1, eps > 0, weight_decay >= 0; got "
-                             f"betas={betas}, eps={eps}, weight_decay={weight_decay}")
-        self.betas, self.eps = (b1, b2), float(eps)
-        self.weight_decay, self.decoupled = float(weight_decay), bool(decoupled)
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"Adam: betas must be a pair (beta1, beta2), got {betas!r}")
+        b1, b2 = (_setting(self, name, b, 0, 1) for name, b in zip(("beta1", "beta2"), betas))
+        self.betas = (b1, b2)
+        self.eps = _setting(self, "eps", eps, 0, low_open=True)
+        self.weight_decay = _setting(self, "weight_decay", weight_decay, 0)
+        self.decoupled = bool(decoupled)
         self.steps = 0
 
     def step(self, scalars=None) -> None:

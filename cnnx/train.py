@@ -263,11 +263,14 @@ def backend_repeat(backend, row, n):
 
 
 def predict(model, x, batch_size: int = 256):
-    """Model outputs for every example, in eval mode, as one device array."""
+    """Model outputs for every example, in eval mode, as one device array (no examples: an
+    empty batch of outputs, shaped as the model's)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     x = model.backend.asarray(x, dtype=model.dtype)
     outs = []
     with eval_mode(model):
-        for start in range(0, x.shape[0], batch_size):
+        for start in range(0, max(x.shape[0], 1), batch_size):  # one (empty) batch if no examples
             xb = x[start:start + batch_size]
             with model.backend.work_scope(forward_size(model, xb)):
                 outs.append(model.forward(xb))
@@ -277,6 +280,8 @@ def predict(model, x, batch_size: int = 256):
 def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
     (or None for regression losses)."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     backend = model.backend
     x, y = prepare(model, x, y, "evaluation data")
     loss.to(backend)

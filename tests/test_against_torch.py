@@ -170,6 +170,21 @@ def test_losses(backend, name):
     _close(backend.to_numpy(ours.backward()), tz.grad)
 
 
+@pytest.mark.parametrize("one_hot", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_of_a_certain_prediction_is_plus_zero(backend, one_hot, dtype):
+    """Logits 1e4 apart: p_y = 1 exactly, so the loss is 0 -- +0 as PyTorch's for labels, not
+    the -0 that negating log p_y = 0 gave (printed as "-0.0"). PyTorch gives -0 for probability
+    targets; cnnx gives +0 for both forms of the same target."""
+    z = np.array([[1e4, -1e4, 0.0], [0.0, 3e4, 1.0]])
+    labels = np.array([0, 1])
+    target = np.eye(3)[labels] if one_hot else labels
+    want = F.cross_entropy(torch.tensor(z), torch.tensor(target)).item()
+    value = float(losses.SoftmaxCrossEntropy().to(backend).forward(backend.asarray(z, dtype),
+                                                                    backend.asarray(target)))
+    assert value == want == 0.0 and not np.signbit(value)
+    assert one_hot or not np.signbit(want)
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("batch_last", [False, True])

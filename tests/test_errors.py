@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from cnnx import Sequential, layers, losses, models
+from cnnx import Sequential, layers, losses, models, optim
 
 
 def _x(backend, shape, dtype="float32"):
@@ -65,6 +65,29 @@ def test_loss_shape_mismatches(backend):
     with pytest.raises(ValueError, match=r"BinaryCrossEntropy: targets must lie in \[0, 1\]"):
         losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("make, shape", [(losses.MSE, (2, 3)), (losses.BinaryCrossEntropy, (2, 3)),
+                                         (losses.SoftmaxCrossEntropy, (2, 3))])
+def test_losses_refuse_non_finite_targets(backend, make, shape, bad):
+    """A NaN target fails no range comparison (NaN < 0 and NaN > 1 are both False): without
+    this check it came out as a NaN loss (an inf one as inf or NaN) with no word why."""
+    target = np.full(shape, 0.5)
+    target[1, 2] = bad
+    loss = make().to(backend)
+    with pytest.raises(ValueError, match=rf"^{loss.name}: targets contain NaN or inf$"):
+        loss.forward(_x(backend, shape), backend.asarray(target))
+
+
+def test_soft_targets_must_be_weights_not_negative(backend):
+    """A negative class weight has no meaning as a target distribution (the loss could go
+    below 0 without bound); it was taken, giving e.g. -3.3 for logits 0 and targets -1."""
+    loss = losses.SoftmaxCrossEntropy().to(backend)
+    with pytest.raises(ValueError, match=r"SoftmaxCrossEntropy: one-hot / soft targets must be >= 0"):
+        loss.forward(_x(backend, (2, 3)), backend.asarray(np.array([[1.0, 0, 0], [0.5, 0.6, -0.1]])))
+    value = loss.forward(_x(backend, (2, 3)), backend.asarray(np.array([[1.0, 0, 0], [0, 0.5, 0.5]])))
+    assert float(value) == pytest.approx(np.log(3))
 
 #: one small instance of every layer type (float64) and an input shape it takes
 EVERY_LAYER = {
@@ -152,6 +175,30 @@ def test_counts_must_be_positive_integers_not_truncated(make, message):
 def test_hyperparameters_must_be_numbers_in_range(make, message):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         make()
+
+
+_NAN, _INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: optim.SGD(m, lr=_INF), "SGD: learning rate must be a finite number > 0, got inf"),
+    (lambda m: optim.SGD(m, lr="0.1"), "SGD: learning rate must be a finite number > 0, got '0.1'"),
+    (lambda m: optim.SGD(m, lr=0.1, weight_decay=_NAN), "SGD: weight_decay must be a finite number >= 0, got nan"),
+    (lambda m: optim.SGD(m, lr=0.1, weight_decay=_INF), "SGD: weight_decay must be a finite number >= 0, got inf"),
+    (lambda m: optim.SGD(m, lr=0.1, momentum=_NAN), "SGD: momentum must be in [0, 1), got nan"),
+    (lambda m: optim.Adam(m, lr=_INF), "Adam: learning rate must be a finite number > 0, got inf"),
+    (lambda m: optim.Adam(m, eps=_NAN), "Adam: eps must be a finite number > 0, got nan"),
+    (lambda m: optim.Adam(m, eps=_INF), "Adam: eps must be a finite number > 0, got inf"),
+    (lambda m: optim.Adam(m, weight_decay=_NAN), "Adam: weight_decay must be a finite number >= 0, got nan"),
+    (lambda m: optim.Adam(m, betas=(0.9, 1.0)), "Adam: beta2 must be in [0, 1), got 1.0"),
+    (lambda m: optim.Adam(m, betas=(0.9,)), "Adam: betas must be a pair (beta1, beta2), got (0.9,)"),
+])
+def test_optimizer_settings_must_be_finite_and_in_range(make, message):
+    """NaN weight decay or eps, or an infinite rate, used to be taken, and the first step made
+    every weight NaN (a diverged run, blamed on the learning rate)."""
+    model = Sequential([layers.Dense(3, 2)])
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        make(model)
 
 
 def test_model_shape_mismatch_is_found_at_construction():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnx import Sequential, config, evaluate, fit, gradcheck, layers, losses, models, optim
+from cnnx import Sequential, config, evaluate, fit, gradcheck, layers, losses, models, optim, train
 from cnnx.backends import make_rng
 from cnnx.backends.cupy_backend import CupyBackend
 from cnnx.models import seed002_net
@@ -222,3 +222,19 @@ def test_from_spec_names_the_bad_layer():
     with pytest.raises(ValueError) as info:
         from_spec([good, {"type": "Dense", "in_features": 3, "out_features": 2}], input_shape=(1, 2, 2))
     assert not isinstance(info.value, ModelSpecError)
+
+
+def test_an_empty_batch_gives_an_empty_batch_of_outputs(backend):
+    """No examples in, none out, shaped as the model's output (PyTorch's layers do the same):
+    Flatten's reshape(0, -1) could not infer the width, and predict() concatenated nothing."""
+    model = Sequential([layers.Conv2D(2, 3, 3, padding=1, activation="relu"), layers.BatchNorm2D(3),
+                        layers.MaxPool2D(2), layers.AvgPool2D(2), layers.Dropout(0.5), layers.Flatten(),
+                        layers.Dense(12, 4), layers.Softmax()], input_shape=(2, 8, 8)).to(backend)
+    empty = np.zeros((0, 2, 8, 8), np.float32)
+    out = train.predict(model, empty)
+    assert backend.owns(out) and out.shape == (0, 4) and out.dtype == np.float32
+    assert model.eval().forward(backend.asarray(empty)).shape == (0, 4)
+    full = backend.to_numpy(train.predict(model, np.ones((3, 2, 8, 8)), batch_size=2))
+    assert full.shape == (3, 4) and np.allclose(full.sum(axis=1), 1)
+    with pytest.raises(ValueError, match="^batch_size must be positive, got 0$"):
+        train.predict(model, empty, batch_size=0)

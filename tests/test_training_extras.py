@@ -116,6 +116,22 @@ def test_dropout_is_replayable_scaled_and_off_in_eval(backend):
     assert a.buffers["calls"] == 3
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dropout_keeps_its_mask_in_the_layer_dtype(backend, dtype):
+    """The scaled mask that forward keeps for backward is x's dtype, never a float64 array cast
+    at each use (it was bool / (1 - p): float64, twice a float32 batch's memory), and its
+    value is 1/(1-p) rounded once to that dtype."""
+    x = backend.asarray(np.full((64, 40), 3.0), dtype)
+    drop = layers.Dropout(0.3, seed=1, dtype=dtype).to(backend)
+    y = backend.to_numpy(drop.forward(x))
+    assert drop._cache.dtype == dtype and y.dtype == dtype
+    scale = np.dtype(dtype).type(1 / 0.7)
+    assert set(np.unique(y)) == {0.0, np.dtype(dtype).type(3) * scale}
+    dx = backend.to_numpy(drop.backward(backend.asarray(np.ones((64, 40)), dtype)))
+    assert dx.dtype == dtype and set(np.unique(dx)) == {0.0, scale}
+    np.testing.assert_array_equal(dx == 0, y == 0)
+
+
 def _quadratic_model(backend):
     # one Dense layer, so the optimizers can be compared with the formulas step by step
     model = Sequential([layers.Dense(3, 2, dtype="float64")], seed=0).to(backend)
@@ -421,3 +437,30 @@ def test_an_optimizer_loaded_from_a_state_goes_on_as_the_one_saved(backend, make
     kept = type(saved)(second, lr=0.5)  # cnnx train --resume: the run's settings, saved buffers
     kept.load_state_dict(saved.state_dict(), hyperparameters=False)
     assert kept.lr == 0.5 and kept.state.keys() == saved.state.keys()
+
+
+@pytest.mark.parametrize("make", [lambda m: optim.SGD(m, lr=0.1, momentum=0.9), optim.Adam])
+def test_an_optimizer_state_takes_its_parameters_dtype_and_must_fit_them(backend, make):
+    """Buffers saved from a float64 model come in as the float32 model's dtype (they stayed
+    float64, so every update ran in float64), and buffers of another model's shapes are a
+    one-line ValueError (they were taken, and the first step failed broadcasting)."""
+    x, y = np.random.default_rng(0).random((8, 4)), np.arange(8) % 3
+    wide = Sequential([layers.Dense(4, 3, dtype="float64")], input_shape=(4,)).to(backend)
+    saved = make(wide)
+    fit(wide, losses.SoftmaxCrossEntropy(), saved, x, y, batch_size=4)
+    narrow = _dense_model(backend)
+    loaded = make(narrow)
+    loaded.load_state_dict(saved.state_dict())
+    assert {str(v.dtype) for v in loaded.state.values()} == {"float32"}
+    assert all(backend.owns(v) for v in loaded.state.values())
+    fit(narrow, losses.SoftmaxCrossEntropy(), loaded, x, y, batch_size=4)
+    assert {str(v.dtype) for v in loaded.state.values()} == {"float32"}
+    other = make(Sequential([layers.Dense(5, 3)], input_shape=(5,)).to(backend))
+    with pytest.raises(ValueError, match=r"the saved buffer 0\.W(\.m)? \(3, 4\) does not fit "
+                                         r"this model \(shape \(3, 5\)\)$"):
+        other.load_state_dict(saved.state_dict())
+    state = saved.state_dict()
+    state["buffers"]["7.W"] = state["buffers"].pop(next(iter(state["buffers"])))
+    with pytest.raises(ValueError, match=r"the saved buffer 7\.W \(.*\) does not fit this model "
+                                         r"\(no parameter of this model\)$"):
+        loaded.load_state_dict(state)

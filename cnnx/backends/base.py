@@ -312,8 +312,9 @@ class Backend:
         exp = xp.exp(shifted)
         total = exp.sum(axis=1, keepdims=True)
         rows = xp.arange(batch)
-        log_p_true = shifted[rows, labels] - xp.log(total[:, 0])
-        loss = -log_p_true.mean()
+        # -log p_y as log Σ - (z_y - m), not -(z_y - m - log Σ): the same number, but +0, not
+        # -0, where the prediction is certain (as PyTorch and the CUDA kernel's mean give)
+        loss = (xp.log(total[:, 0]) - shifted[rows, labels]).mean()
         grad = exp / total
         grad[rows, labels] -= 1
         grad /= batch

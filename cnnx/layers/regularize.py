@@ -40,8 +40,11 @@ class Dropout(Layer):
             return self._record_output(x)
         keep = self.backend.uniform(x.shape, x.dtype, (self.seed, self.calls)) >= self.p
         self.calls += 1
-        self._cache = keep / (1 - self.p)
-        return self._record_output(x * self._cache.astype(x.dtype, copy=False))
+        # the mask in x's dtype: bool / float would be a float64 array, cast at every use
+        mask = keep.astype(x.dtype)
+        mask *= 1 / (1 - self.p)  # the Python float rounded once to x's dtype, as before
+        self._cache = mask
+        return self._record_output(x * mask)
 
     def replayable_in_graph(self) -> bool:
         return self.p == 0  # a replay would reuse the mask drawn for (seed, calls) at capture
@@ -49,7 +52,7 @@ class Dropout(Layer):
     def backward(self, dy):
         """dx = dy ⊙ mask / (1 - p) (training) or dy (evaluation)."""
         self.check_grad(dy)
-        return dy if self._cache is None else dy * self._cache.astype(dy.dtype, copy=False)
+        return dy if self._cache is None else dy * self._cache
 
 
 class GlobalAvgPool2D(Layer):

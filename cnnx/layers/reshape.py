@@ -27,7 +27,8 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected a batch of at least rank 2, got shape {tuple(x.shape)}")
         self._cache = x.shape
-        return self._record_output(x.reshape(x.shape[0], -1))
+        # the width spelled out: -1 cannot be inferred from an empty batch's 0 elements
+        return self._record_output(x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
     def backward(self, dy):
         """No derivative: undo the reshape, dL/dX = reshape(dL/dF, X.shape) (seed 003 eq. 19)."""
