@@ -65,6 +65,7 @@ def correct_count(logits, target, loss):
 def prepare(model, x, y, name: str = "data"):
     """Validate a dataset once (finite values, matching lengths) and put it on model's device."""
     backend = model.backend
+    given = x
     x = backend.asarray(x, dtype=model.dtype)
     y = backend.asarray(y)
     if x.shape[0] != y.shape[0]:
@@ -72,13 +73,24 @@ def prepare(model, x, y, name: str = "data"):
     if x.shape[0] == 0:
         raise ValueError(f"{name}: no examples")
     if not bool(backend.xp.isfinite(x).all()):
-        raise ValueError(f"{name}: inputs contain NaN or inf")
+        _explain_non_finite(backend, given, model.dtype, name)
     if y.dtype.kind == "f" and not bool(backend.xp.isfinite(y).all()):
         raise ValueError(f"{name}: targets contain NaN or inf")
     if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
         raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
                          f"the model expects {model.input_shape}")
     return x, y
+
+
+def _explain_non_finite(backend, given, dtype, name: str):
+    """Raise the ValueError for inputs that are not finite in ``dtype``: NaN or inf in the data,
+    or finite numbers too large for ``dtype`` (float64 data cast to a float32 model)."""
+    given = backend.asarray(given)
+    if given.dtype.kind == "f" and bool(backend.xp.isfinite(given).all()):
+        largest = float(abs(given).max())
+        raise ValueError(f"{name}: inputs as large as {largest:.3g} overflow {dtype} to inf; "
+                         "scale them (standardize), or build the model in float64")
+    raise ValueError(f"{name}: inputs contain NaN or inf")
 
 
 def forward_size(model, xb) -> int:

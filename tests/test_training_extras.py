@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -373,6 +374,22 @@ def test_nan_targets_are_refused(backend, loss):
     target = np.array([[0.0, np.nan, 1.0], [1.0, 0.0, 0.0]])
     with pytest.raises(ValueError, match="training data: targets contain NaN or inf"):
         fit(model, loss, optim.SGD(model), x, target)
+
+
+@pytest.mark.parametrize("value, message", [
+    (1e39, r"training data: inputs as large as 1e\+39 overflow float32 to inf; scale them "
+           r"\(standardize\), or build the model in float64"),  # finite in float64, not in float32
+    (np.inf, "training data: inputs contain NaN or inf"),
+    (np.nan, "training data: inputs contain NaN or inf"),
+])
+def test_inputs_that_are_not_finite_in_the_models_dtype_are_refused(backend, value, message):
+    model = _dense_model(backend)
+    x = np.ones((2, 4))
+    x[1, 2] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's "overflow in cast"
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            fit(model, losses.SoftmaxCrossEntropy(), optim.SGD(model), x, np.array([0, 1]))
 
 
 @pytest.mark.parametrize("run", ["predict", "evaluate"])
