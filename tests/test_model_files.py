@@ -229,3 +229,38 @@ def test_summary_accepts_the_softmax_axes_a_forward_pass_does(axis):
     model = from_spec([{"type": "Softmax", "axis": axis}], input_shape=(3, 2))
     x = make_rng(0).standard_normal((4, 3, 2)).astype("float32")
     assert model.shapes() == [tuple(model.forward(x).shape[1:])]
+
+
+# ----------------------------------------------------------------------------- cnnx train
+@pytest.mark.parametrize("tail", [[{"type": "Softmax"}], [{"type": "Softmax"}, {"type": "Identity"}]])
+def test_train_refuses_a_model_ending_in_a_softmax(tiny, tmp_path, tail):
+    """cnnx train's loss (and predict) apply the softmax to the class scores themselves: a
+    Softmax layer would be applied twice, and train a model of near-uniform probabilities."""
+    path = write(tmp_path, [{"type": "Flatten"}, {"type": "Dense", "in_features": 784,
+                                                  "out_features": 10}, *tail])
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--model", path)))
+    assert error == ("Error: the model ends with a Softmax (layer 2), but cnnx train takes class "
+                     "scores (logits) and applies the softmax in its loss, as predict does: remove "
+                     "the Softmax layer")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("last, fix", [
+    ({"type": "Dense", "in_features": 784, "out_features": 5}, "give its last layer 10 outputs"),
+    ({"type": "Dropout"}, "give its last layer 10 outputs"),
+])
+def test_train_says_how_to_match_the_class_count(tiny, tmp_path, last, fix):
+    layers_ = [{"type": "Flatten"}, last]
+    outputs = 5 if last["type"] == "Dense" else 784
+    error = one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--model",
+                                              write(tmp_path, layers_))))
+    assert error == (f"Error: the model outputs shape ({outputs},) per example but tiny has 10 "
+                     f"classes: {fix}")
+
+
+def test_train_says_to_end_an_image_model_with_scores(tiny, tmp_path):
+    path = write(tmp_path, [{"type": "Conv2D", "in_channels": 1, "out_channels": 10,
+                             "kernel_size": 28}])
+    assert one_line_error(invoke(*train_args(tiny, tmp_path / "o", "--model", path))) == (
+        "Error: the model outputs shape (10, 1, 1) per example but tiny has 10 classes: end it "
+        "with a Flatten and a Dense layer of 10 outputs, one score per class")
