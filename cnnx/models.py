@@ -14,8 +14,7 @@ import math
 import os
 
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                     MaxPool2D, ReLU)
-from .layers import suggest
+                     MaxPool2D, ReLU, suggest)
 from .model import ModelSpecError, Sequential, from_spec
 from .shapes import is_int
 

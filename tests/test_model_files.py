@@ -127,11 +127,23 @@ def test_a_malformed_file_is_one_line_naming_it(tmp_path, content, message):
 
 
 def test_a_file_too_large_for_a_model_is_refused_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr(models, "MAX_FILE_BYTES", 1000)
-    path = write(tmp_path, json.dumps(GAP_HEAD) + " " * 1000)
+    monkeypatch.setattr(models, "MAX_FILE_BYTES", 1 << 20)
+    path = write(tmp_path, json.dumps(GAP_HEAD) + " " * (1 << 20))
     assert one_line_error(invoke("summary", path)) == (
-        f"Error: model file {path} holds more than 0 MiB, which no model description needs: is "
+        f"Error: model file {path} holds more than 1 MiB, which no model description needs: is "
         "it the right file?")
+    path.write_text(json.dumps(GAP_HEAD) + " " * ((1 << 20) - 200))  # within the limit
+    assert invoke("summary", path).exit_code == 0
+
+
+def test_summary_without_an_input_shape_says_how_to_get_the_shapes(tmp_path):
+    result = invoke("summary", write(tmp_path, GAP_HEAD))
+    assert result.exit_code == 0
+    assert re.search(r"GlobalAvgPool2D\(\) +\? ", result.stdout)
+    assert result.stdout.endswith("output shapes need the input: pass --input-shape C,H,W (or "
+                                  "give the file an input_shape)\n")
+    assert "pass --input-shape" not in invoke("summary", write(tmp_path, GAP_HEAD), "--input-shape",
+                                              "1,9,7").stdout
 
 
 def test_build_takes_paths_and_files_of_any_name(tmp_path):
@@ -157,6 +169,7 @@ def test_an_unknown_preset_suggests_the_closest(name, close):
 
 # ----------------------------------------------------------------------------- the layers
 @pytest.mark.parametrize("layer, message", [
+    ("ReLU", """a layer spec must be an object with a 'type', got 'ReLU' (write {"type": "ReLU"})"""),
     ({"type": ["Conv2D"]}, "unknown layer type ['Conv2D']; known: AvgPool2D, "),
     ({"type": {"name": "Dense"}}, "unknown layer type {'name': 'Dense'}; known: "),
     ({"type": None}, "unknown layer type None; known: "),
@@ -180,6 +193,17 @@ def test_a_bad_layer_spec_is_a_model_spec_error_naming_it(tmp_path, layer, messa
     assert str(info.value).startswith(f"layer 1: {message}")
     assert summary_error(tmp_path, [{"type": "Flatten"}, layer]).startswith(
         f"Error: model file {tmp_path / 'model.json'}: layer 1: {message}")
+
+
+def test_from_spec_takes_a_tuple_and_says_what_to_pass_for_a_loaded_file():
+    assert from_spec(tuple(GAP_HEAD), input_shape=(1, 9, 7)).shapes()[-1] == (10,)
+    loaded = {"input_shape": [1, 9, 7], "layers": GAP_HEAD}
+    with pytest.raises(ModelSpecError, match=r"^a model spec must be a non-empty list of layer "
+                                             r"objects, got a model file's object: pass its "
+                                             r"'layers', and its 'input_shape' as input_shape=$"):
+        from_spec(loaded)
+    with pytest.raises(ModelSpecError, match=r"got \[\]$"):
+        from_spec([])
 
 
 def test_a_layer_spec_seeds_from_the_model_not_from_itself():

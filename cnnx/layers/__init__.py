@@ -28,7 +28,9 @@ def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
     ``seed`` seeds the layer's random numbers; a spec may not set it, nor the dtype: both
     belong to the whole model (``Sequential``'s seed redraws every layer's anyway)."""
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"a layer spec must be an object with a 'type', got {spec!r}")
+        hint = (f" (write {{\"type\": \"{spec}\"}})" if isinstance(spec, str) and spec in LAYER_TYPES
+                else "")
+        raise ValueError(f"a layer spec must be an object with a 'type', got {spec!r}{hint}")
     kwargs = dict(spec)
     kind = kwargs.pop("type")
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
