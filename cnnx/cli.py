@@ -320,7 +320,11 @@ def summary(model, input_shape, dtype):
     """
     from .models import build
 
-    click.echo(build(model, dtype=dtype, input_shape=input_shape).summary())
+    built = build(model, dtype=dtype, input_shape=input_shape)
+    click.echo(built.summary())
+    if built.input_shape is None:  # a JSON model without one: shapes shown as "?"
+        click.echo("output shapes need the input: pass --input-shape C,H,W (or give the file "
+                   "an input_shape)")
 
 
 @cnnx.command()

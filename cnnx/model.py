@@ -228,8 +228,11 @@ def from_spec(spec, input_shape=None, seed: int = 0, dtype: str = "float32") -> 
     """Rebuild a Sequential from ``model.spec()`` (a list of layer configs)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if not isinstance(spec, list) or not spec:
-        raise ModelSpecError("a model spec must be a non-empty list of layer objects")
+    if not isinstance(spec, (list, tuple)) or not spec:
+        got = repr(spec) if len(repr(spec)) <= 60 else f"a {type(spec).__name__}"
+        if isinstance(spec, dict) and "layers" in spec:  # a model file's object, as loaded
+            got = "a model file's object: pass its 'layers', and its 'input_shape' as input_shape="
+        raise ModelSpecError(f"a model spec must be a non-empty list of layer objects, got {got}")
     layers = []
     for i, layer in enumerate(spec):
         try:

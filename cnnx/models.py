@@ -14,8 +14,9 @@ import math
 import os
 
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                     MaxPool2D, ReLU)
+                     MaxPool2D, ReLU, suggest)
 from .model import ModelSpecError, Sequential, from_spec
+from .shapes import is_int
 
 
 #: The input a preset is sized for when no dataset says otherwise: Fashion-MNIST's.
@@ -139,9 +140,11 @@ def recipe(name: str) -> dict:
     return dict(RECIPES.get(name, {}))
 
 
-def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None,
+def build(name, dtype: str = "float32", seed: int = 0, input_shape=None,
           classes: int = 10) -> Sequential:
-    """A Sequential from a preset name or a JSON model file path.
+    """A Sequential from a preset name or a JSON model file path (a str or a path object;
+    a name that is no preset is read as a file when it ends in .json, holds a directory
+    separator or names an existing file).
 
     A preset is sized for ``input_shape`` (C, H, W; default 1x28x28) and ``classes`` outputs:
     its first convolution takes C channels, its first dense layer the features the
@@ -149,35 +152,115 @@ def build(name: str, dtype: str = "float32", seed: int = 0, input_shape=None,
     are taken as written, and so is its own input shape: ValueError when ``input_shape``
     differs from it (``input_shape`` is for a file without one).
     """
+    if isinstance(name, os.PathLike):
+        return _from_json(os.fspath(name), dtype, seed, input_shape)
+    if not isinstance(name, str):
+        raise TypeError(f"build: name must be a preset name or a path to a JSON model file, "
+                        f"got a {type(name).__name__}")
     if name in PRESETS:
         shape = tuple(input_shape or DEFAULT_INPUT)
         if len(shape) != 3:
             raise ValueError(f"input shape must be (C, H, W), got {shape}")
         return Sequential(PRESETS[name](dtype, shape, classes), input_shape=shape, seed=seed)
-    if name.endswith(".json") or os.path.sep in name:
+    if name.lower().endswith(".json") or os.path.sep in name or os.path.isfile(name):
         return _from_json(name, dtype, seed, input_shape)
-    raise ModelSpecError(f"unknown model {name!r}: use one of {', '.join(PRESETS)} or a .json file")
+    raise ModelSpecError(f"unknown model {name!r}{suggest(name, PRESETS)}: use one of "
+                         f"{', '.join(PRESETS)} or a .json file")
+
+
+#: A model file larger than this is refused unread: a model of thousands of layers takes a
+#: few hundred KB, so this is some other file (a dataset?) named by mistake.
+MAX_FILE_BYTES = 64 << 20
+
+
+def read_model_file(path: str):
+    """The JSON value in the model file at ``path``: ModelSpecError naming the file when it
+    cannot be read or is not JSON. A UTF-8 byte-order mark is skipped; an object that repeats
+    a key is refused (JSON readers disagree on which one counts)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size  # 0 for a pipe: read, up to the limit
+            raw = f.read(MAX_FILE_BYTES + 1) if size <= MAX_FILE_BYTES else b""
+    except OSError as exc:
+        raise ModelSpecError(f"cannot read model file {path}: {exc.strerror}") from None
+    if size > MAX_FILE_BYTES or len(raw) > MAX_FILE_BYTES:
+        raise ModelSpecError(f"model file {path} holds more than {MAX_FILE_BYTES >> 20} MiB, "
+                             f"which no model description needs: is it the right file?")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:  # a ValueError: "does not fit the images" would be said of it
+        raise ModelSpecError(f"model file {path} is not UTF-8 text, as JSON must be") from None
+    if not text.strip():
+        raise ModelSpecError(f"model file {path} is empty: write a JSON list of layers, such as "
+                             f'[{{"type": "Flatten"}}, {{"type": "Dense", "in_features": 784, '
+                             f'"out_features": 10}}]')
+    try:
+        return json.loads(text, object_pairs_hook=_no_repeated_keys)
+    except json.JSONDecodeError as exc:
+        hint = ""
+        if exc.msg.startswith(("Expecting value", "Expecting property name")):
+            hint = " (JSON takes no comments, no trailing commas and only double quotes)"
+        raise ModelSpecError(f"model file {path} is not valid JSON: {exc}{hint}") from None
+    except RecursionError:
+        raise ModelSpecError(f"model file {path} nests lists or objects too deeply to read; a "
+                             f"model is a list of layer objects") from None
+    except _RepeatedKey as exc:
+        raise ModelSpecError(f"model file {path}: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4300 digits (int_max_str_digits)
+        raise ModelSpecError(f"model file {path} holds a number too long to read "
+                             f"({str(exc).split(';')[0]})") from None
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _RepeatedKey(f"key {key!r} appears twice in one object "
+                               f"({seen[key]!r} and {value!r}); keep one")
+        seen[key] = value
+    return seen
+
+
+#: The keys of a model file that is an object.
+FILE_KEYS = ("input_shape", "layers")
 
 
 def _from_json(path: str, dtype: str, seed: int, input_shape):
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ModelSpecError(f"cannot read model file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"model file {path} is not valid JSON: {exc}") from None
-    except UnicodeDecodeError:  # a ValueError: "does not fit the images" would be said of it
-        raise ModelSpecError(f"model file {path} is not UTF-8 text, as JSON must be") from None
+    data = read_model_file(path)
     if isinstance(data, dict):
+        unknown = [key for key in data if key not in FILE_KEYS]
+        if unknown:
+            hints = "".join(suggest(key, FILE_KEYS) for key in unknown)
+            raise ModelSpecError(f"model file {path}: unknown key(s) {', '.join(map(repr, unknown))}"
+                                 f"{hints}; a model object has input_shape (optional) and layers")
+        if "layers" not in data:
+            raise ModelSpecError(f"model file {path}: the object has no 'layers': write "
+                                 f'{{"input_shape": [C, H, W], "layers": [...]}} or the list alone')
         own = data.get("input_shape")
+        if own is not None and not (isinstance(own, list) and own
+                                    and all(is_int(n) and n > 0 for n in own)):
+            raise ModelSpecError(f"model file {path}: input_shape must be a list of positive "
+                                 f"integers, such as [1, 28, 28] (or [784] for features), "
+                                 f"got {own!r}")
         if own is not None and input_shape is not None and own != list(input_shape):
             # taken as written: sizing it to other images would build another model
             raise ValueError(f"model file {path} is written for input {own} (its input_shape), "
                              f"not {list(input_shape)}: a JSON model is taken as written")
         input_shape = input_shape or own
-        data = data.get("layers")
-    try:  # Sequential checks the input shape (a file's "input_shape": 5 included)
+        data = data["layers"]
+    elif not isinstance(data, list):
+        raise ModelSpecError(f"model file {path} holds a JSON {_json_type(data)}: write a list "
+                             f"of layer objects, or an object with input_shape and layers")
+    try:  # Sequential checks an input_shape given to build
         return from_spec(data, input_shape=input_shape or None, seed=seed, dtype=dtype)
     except ModelSpecError as exc:
         raise ModelSpecError(f"model file {path}: {exc}") from None
+
+
+def _json_type(value) -> str:
+    return {str: "string", bool: "boolean", type(None): "null", int: "number",
+            float: "number"}.get(type(value), type(value).__name__)

@@ -186,14 +186,30 @@ def build_model(cfg: TrainConfig, ds: data.Dataset):
         raise ValueError(f"model {cfg.model!r} does not fit {ds.name} images "
                          f"{ds.input_shape}: {exc}") from None
     check_outputs(model, ds)
+    check_scores(model)
     return model
 
 
 def check_outputs(model, ds: data.Dataset) -> None:
     outputs = model.shapes()[-1]
     if outputs != (ds.num_classes,):
+        fix = (f"give its last layer {ds.num_classes} outputs" if len(outputs) == 1 else
+               f"end it with a Flatten and a Dense layer of {ds.num_classes} outputs, one score "
+               f"per class")
         raise ValueError(f"the model outputs shape {outputs} per example but {ds.name} has "
-                         f"{ds.num_classes} classes")
+                         f"{ds.num_classes} classes: {fix}")
+
+
+def check_scores(model) -> None:
+    """ValueError when a new model ends in a Softmax: training's loss applies one itself."""
+    for index in range(len(model.layers) - 1, -1, -1):
+        name = model.layers[index].name
+        if name == "Softmax":  # trained through SoftmaxCrossEntropy, it would be applied twice
+            raise ValueError(f"the model ends with a Softmax (layer {index}), but cnnx train "
+                             f"takes class scores (logits) and applies the softmax in its loss, "
+                             f"as predict does: remove the Softmax layer")
+        if name not in ("Identity", "Dropout", "Flatten"):
+            break
 
 
 def resolve_config(options: dict, ck: checkpoint.Checkpoint | None) -> TrainConfig:

@@ -615,7 +615,8 @@ BAD_MODEL_FILES = [  # (file content, what the one-line error must say)
     ("{", r"^Error: model file \S+ is not valid JSON"),
     ('{"layers": 3}', r"^Error: model file \S+: a model spec must be a non-empty list"),
     ("[3]", r"^Error: model file \S+: layer 0: a layer spec must be an object with a 'type'"),
-    ('[{"type": "Conv3D"}]', r"^Error: model file \S+: layer 0: unknown layer type 'Conv3D'; known: .*Conv2D"),
+    ('[{"type": "Conv3D"}]', r"^Error: model file \S+: layer 0: unknown layer type 'Conv3D' "
+                             r"\(did you mean 'Conv2D'\?\); known: .*Conv2D"),
     ('[{"type": "Flatten"}, {"type": "Dense", "in_features": 784}]',
      r"^Error: model file \S+: layer 1: Dense: missing argument\(s\) out_features$"),
     ('[{"type": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3, "colour": 1}]',

@@ -229,7 +229,9 @@ def test_a_model_file_with_a_bare_int_input_shape_is_a_value_error(tmp_path):
     path = tmp_path / "model.json"
     path.write_text(json.dumps({"input_shape": 784, "layers": [{"type": "Dense", "in_features": 784,
                                                                  "out_features": 10}]}))
-    with pytest.raises(ValueError, match=r"^Sequential: input_shape must be one example's shape"):
+    with pytest.raises(ValueError, match=r"^model file \S+: input_shape must be a list of positive "
+                                         r"integers, such as \[1, 28, 28\] \(or \[784\] for "
+                                         r"features\), got 784$"):
         models.build(str(path))
 
 

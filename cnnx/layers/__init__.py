@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 
 from .activation import Identity, ReLU, Sigmoid, Softmax, Tanh
@@ -22,34 +23,55 @@ __all__ = ["Layer", "from_config", "LAYER_TYPES", *LAYER_TYPES]
 
 
 def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
-    """Build a layer from ``{"type": "Conv2D", ...constructor arguments}`` (``Layer.config()``)."""
+    """Build a layer from ``{"type": "Conv2D", ...constructor arguments}`` (``Layer.config()``).
+
+    ``seed`` seeds the layer's random numbers; a spec may not set it, nor the dtype: both
+    belong to the whole model (``Sequential``'s seed redraws every layer's anyway)."""
     if not isinstance(spec, dict) or "type" not in spec:
-        raise ValueError(f"a layer spec must be an object with a 'type', got {spec!r}")
+        hint = (f" (write {{\"type\": \"{spec}\"}})" if isinstance(spec, str) and spec in LAYER_TYPES
+                else "")
+        raise ValueError(f"a layer spec must be an object with a 'type', got {spec!r}{hint}")
     kwargs = dict(spec)
     kind = kwargs.pop("type")
-    cls = LAYER_TYPES.get(kind)
+    cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(sorted(LAYER_TYPES))}")
-    for key in ("kernel_size", "stride", "padding"):
-        if isinstance(kwargs.get(key), list):
-            kwargs[key] = tuple(kwargs[key])
+        raise ValueError(f"unknown layer type {kind!r}{suggest(kind, LAYER_TYPES)}; known: "
+                         f"{', '.join(sorted(LAYER_TYPES))}")
     if "seed" in _check_arguments(kind, cls, kwargs):
-        kwargs.setdefault("seed", seed)
+        kwargs["seed"] = seed
     try:
         return cls(**kwargs, dtype=dtype)
     except TypeError as exc:  # e.g. a string where a number belongs
         raise ValueError(f"{kind}: {exc}") from None
 
 
+def suggest(name, known) -> str:
+    """``" (did you mean 'Conv2D'?)"`` for a name that is close to one of ``known`` (or the
+    same but for case), else ``""``."""
+    if not isinstance(name, str):
+        return ""
+    folded = {k.lower(): k for k in known}
+    close = ([folded[name.lower()]] if name.lower() in folded
+             else difflib.get_close_matches(name, list(known), n=1, cutoff=0.75))
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _check_arguments(kind: str, cls, kwargs: dict) -> dict:
-    """Name the unknown and the missing constructor arguments of a layer spec (the dtype is
-    the whole model's, so a spec may not set it); returns the arguments the layer takes."""
+    """Name the unknown and the missing constructor arguments of a layer spec (the dtype and
+    the seed are the whole model's, so a spec may not set them); returns the arguments the
+    layer takes."""
     params = {name: p for name, p in inspect.signature(cls).parameters.items()
               if name != "dtype" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    unknown = [name for name in kwargs if name not in params]
+    for name in ("dtype", "seed"):
+        if name in kwargs:
+            raise ValueError(f"{kind}: {name} is the whole model's, not a layer's: remove it "
+                             f"and give --{name} (or {name}= to build/from_spec)")
+    takes = [n for n in params if n != "seed"]
+    unknown = [name for name in kwargs if name not in takes]
     if unknown:
-        takes = ", ".join(n for n in params if n != "seed") or "no arguments"
-        raise ValueError(f"{kind}: unknown argument(s) {', '.join(unknown)}; it takes {takes}")
+        hints = "".join(suggest(name, takes) for name in unknown if isinstance(name, str))
+        raise ValueError(f"{kind}: unknown argument(s) {', '.join(map(str, unknown))}{hints}; "
+                         f"it takes {', '.join(takes) or 'no arguments'}")
     missing = [name for name, p in params.items() if p.default is p.empty and name not in kwargs]
     if missing:
         raise ValueError(f"{kind}: missing argument(s) {', '.join(missing)}")

@@ -98,6 +98,14 @@ class Softmax(_Activation):
             raise ValueError(f"{self.name}: axis must be an integer, got {axis!r}")
         self.axis = int(axis)
 
+    def output_shape(self, input_shape):
+        rank = len(input_shape) + 1  # with the batch axis
+        if not -rank <= self.axis < rank:
+            raise ValueError(f"Softmax: axis {self.axis} is out of range for a batch of shape "
+                             f"(N, {', '.join(map(str, input_shape))}); use 1 for the "
+                             f"features or channels")
+        return tuple(input_shape)
+
     def forward(self, x):
         self._check(x)
         if not -x.ndim <= self.axis < x.ndim:

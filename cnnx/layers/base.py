@@ -17,6 +17,8 @@ from .. import config
 from ..backends import Backend, get_backend
 
 DTYPES = ("float32", "float64")
+#: The most numbers an array may hold: 8-byte numbers addressed by a signed 64-bit size.
+MAX_ELEMENTS = (2**63 - 1) // 8
 
 
 def is_number(value) -> bool:
@@ -74,10 +76,22 @@ class Layer:
             std = math.sqrt(2.0 / (fan_in + fan_out))
         else:
             raise ValueError(f"{self.name}: init must be 'he' or 'xavier', got {init!r}")
+        self._check_size(shape)
         return self.backend.asarray(rng.standard_normal(shape) * std, dtype=self.dtype)
 
     def _zeros(self, shape):
+        self._check_size(shape)
         return self.xp.zeros(shape, dtype=self.dtype)
+
+    def _check_size(self, shape) -> None:
+        """ValueError naming the layer when an array of ``shape`` could not be addressed at all
+        (NumPy would say "Maximum allowed dimension exceeded"); one that merely does not fit
+        the memory is left to raise MemoryError."""
+        count = math.prod(shape)
+        if count > MAX_ELEMENTS:
+            raise ValueError(f"{self.name}: a parameter of shape {tuple(shape)} would hold "
+                             f"{count:.3g} numbers, more than any memory holds; use "
+                             f"smaller sizes")
 
     def num_parameters(self) -> int:
         return sum(int(p.size) for p in self.params.values())

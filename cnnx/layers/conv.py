@@ -68,8 +68,11 @@ class Conv2D(Layer):
 
     def output_shape(self, input_shape):
         if len(input_shape) != 3 or input_shape[0] != self.in_channels:
+            fix = (f" (set in_channels to {input_shape[0]})" if len(input_shape) == 3
+                   else " (a Conv2D takes (C, H, W) images, not flat features)"
+                   if len(input_shape) == 1 else "")
             raise ValueError(f"{self.name}: expected input (C={self.in_channels}, H, W), "
-                             f"got {tuple(input_shape)}")
+                             f"got {tuple(input_shape)}{fix}")
         ho, wo = self.window.out_hw(input_shape[1], input_shape[2], self.name)
         return (self.out_channels, ho, wo)
 

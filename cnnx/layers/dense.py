@@ -39,8 +39,10 @@ class Dense(Layer):
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
+            fix = (f"set in_features to {input_shape[0]}" if len(input_shape) == 1
+                   else "add a Flatten before a Dense layer?")
             raise ValueError(f"{self.name}: expected input ({self.in_features},), "
-                             f"got {tuple(input_shape)} (add a Flatten before a Dense layer?)")
+                             f"got {tuple(input_shape)} ({fix})")
         return (self.out_features,)
 
     def forward(self, x):

@@ -42,6 +42,7 @@ class _BatchNorm(Layer):
 
     def reset_parameters(self, rng, init="he"):
         c = self.num_features
+        self._check_size((c,))
         self.params = {"gamma": self.xp.ones(c, dtype=self.dtype), "beta": self._zeros((c,))}
         self.grads = {k: self.xp.zeros_like(v) for k, v in self.params.items()}
         self.buffers = {"running_mean": self._zeros((c,)),
