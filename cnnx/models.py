@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                      MaxPool2D, ReLU, suggest)
@@ -206,9 +207,9 @@ def read_model_file(path: str):
                              f"model is a list of layer objects") from None
     except _RepeatedKey as exc:
         raise ModelSpecError(f"model file {path}: {exc}") from None
-    except ValueError as exc:  # an integer of more than 4300 digits (int_max_str_digits)
-        raise ModelSpecError(f"model file {path} holds a number too long to read "
-                             f"({str(exc).split(';')[0]})") from None
+    except ValueError:  # an integer longer than Python converts (int_max_str_digits)
+        raise ModelSpecError(f"model file {path} holds a number too long to read (more than "
+                             f"{sys.get_int_max_str_digits()} digits)") from None
 
 
 class _RepeatedKey(ValueError):
