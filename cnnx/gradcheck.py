@@ -34,9 +34,9 @@ or two max-pool candidates within ε of each other, w ± ε lands on two pieces 
 quotient averages two slopes, (s₋(ε + t) + s₊(ε - t)) / 2ε for a kink at distance t, though
 the analytic gradient is exactly one of them. Seen at random: a 1x1 conv whose 16 channels see
 1568 inputs each has one within 1e-6 of 0 often enough to fail `cnnx gradcheck` on a correct
-bias (error 2.5e-4 with ε = 1e-6; kinks within 1e-5 are ten times as common). So an element whose central difference misses its analytic gradient by
-more than the noise floor is looked at again from each side alone, with the second-order
-one-sided quotients
+bias (error 2.5e-4 with ε = 1e-6; kinks within 1e-5 are ten times as common). So an element
+whose central difference misses its analytic gradient by more than the noise floor is looked
+at again from each side alone, with the second-order one-sided quotients
 
     left:  (3 J(w) - 4 J(w - ε) + J(w - 2ε)) / 2ε
     right: (-3 J(w) + 4 J(w + ε) - J(w + 2ε)) / 2ε
