@@ -234,7 +234,25 @@ def _named_params(target) -> dict:
 def _named_grads(target) -> dict:
     if hasattr(target, "parameters"):
         return {name: layer.grads[key] for name, layer, key in target.parameters()}
+    target.check_grads()  # Sequential.backward checks its layers' own
     return dict(target.grads)
+
+
+def _check_output_shapes(target, x) -> None:
+    """ValueError naming the first layer whose ``output_shape`` (what ``Sequential.shapes``
+    and ``summary`` report, and what sizes the next layer) is not the shape of the examples
+    its last forward returned: a layer of one's own that changes the shape must say so."""
+    shape = tuple(x.shape[1:])
+    for layer in getattr(target, "layers", [target]):
+        if layer._output_shape is None:  # a forward that skips _record_output: unknown
+            return
+        returned = tuple(layer._output_shape[1:])
+        predicted = tuple(layer.output_shape(shape))
+        if predicted != returned:
+            raise ValueError(f"{layer.name}: forward returned examples of shape {returned}, "
+                             f"but output_shape({shape}) says {predicted}; override "
+                             f"output_shape to compute what forward returns")
+        shape = returned
 
 
 def _model_objective(target, x, y, loss, rng, restore_buffers):
@@ -265,6 +283,7 @@ def _model_objective(target, x, y, loss, rng, restore_buffers):
         upstream = loss.backward()
     restore_buffers()
     target.forward(x)
+    _check_output_shapes(target, x)
     dx = target.backward(upstream)
     analytic = {"input": dx.copy(), **{k: v.copy() for k, v in _named_grads(target).items()}}
     return objective, analytic, objective_scale

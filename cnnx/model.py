@@ -121,10 +121,15 @@ class Sequential:
         """
         for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
+            layer.check_grads()
+        first = self.layers[0]
         if not input_grad:
-            self.layers[0].backward_params(dy)
+            first.backward_params(dy)
+            first.check_grads()
             return None
-        return self.layers[0].backward(dy)
+        dx = first.backward(dy)
+        first.check_grads()
+        return dx
 
     def train(self) -> "Sequential":
         for layer in self.layers:

@@ -115,7 +115,8 @@ def test_every_layer_type_is_in_the_backward_checks():
 @pytest.mark.parametrize("kind", sorted(EVERY_LAYER))
 def test_backward_before_forward(kind):
     make, shape = EVERY_LAYER[kind]
-    with pytest.raises(ValueError, match=f"^{kind}: backward called before forward$"):
+    message = rf"^{kind}: backward called before forward \(or forward did not return self\._"
+    with pytest.raises(ValueError, match=message):
         make().backward(np.zeros(shape))
 
 

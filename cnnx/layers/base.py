@@ -162,7 +162,13 @@ class Layer:
         self.backward(dy)
 
     def _record_output(self, y):
-        """Return forward's output ``y``, keeping its shape for ``check_grad``."""
+        """Return forward's output ``y``, keeping its shape for ``check_grad``. Refuses an
+        output in another dtype than the layer's (an array made without ``dtype=self.dtype``),
+        which the next layer would otherwise report as its own input's fault."""
+        if y.dtype != self.dtype:
+            raise ValueError(f"{self.name}: forward returned a {y.dtype} output, but the layer "
+                             f"is {self.dtype}; check its input with self.check_input(x) and "
+                             f"give every array it creates dtype=self.dtype")
         self._output_shape = y.shape
         return y
 
@@ -172,7 +178,8 @@ class Layer:
         dtype comparisons only: every backward pays for this check."""
         expected = self._output_shape
         if expected is None:
-            raise ValueError(f"{self.name}: backward called before forward")
+            raise ValueError(f"{self.name}: backward called before forward (or forward "
+                             f"did not return self._record_output(y))")
         shape = getattr(dy, "shape", None)
         if shape != expected or dy.dtype != self.dtype:
             got = (f"shape {tuple(shape)} and dtype {dy.dtype}" if hasattr(dy, "dtype")
@@ -181,6 +188,26 @@ class Layer:
                    else "pass dL/d(output) for the last forward call")
             raise ValueError(f"{self.name}: backward expected dy of shape {tuple(expected)} and "
                              f"dtype {self.dtype} (forward's output), got {got}; {fix}")
+
+    def check_grads(self) -> None:
+        """Raise ValueError naming this layer unless ``.grads`` holds, for every parameter, an
+        array of that parameter's shape and dtype: what ``backward`` must leave there. Without
+        this a missing gradient fails later as a bare KeyError, and one of another shape (a
+        sum that lost or kept an axis) is broadcast by the optimizer's update, or fails in it.
+        ``Sequential.backward`` calls it after every layer's backward (a few dict and shape
+        comparisons per parameter)."""
+        for key, param in self.params.items():
+            grad = self.grads.get(key)
+            if grad is None:
+                raise ValueError(f"{self.name}: backward left no gradient for parameter {key!r}; "
+                                 f"set self.grads[{key!r}] = dL/d{key} in backward")
+            shape = getattr(grad, "shape", None)
+            if shape != param.shape or grad.dtype != param.dtype:
+                got = (f"shape {tuple(shape)} and dtype {grad.dtype}" if shape is not None
+                       else f"a {type(grad).__name__}")
+                raise ValueError(f"{self.name}: grads[{key!r}] has {got}, but parameter {key!r} "
+                                 f"has shape {tuple(param.shape)} and dtype {param.dtype}; "
+                                 f"backward must set dL/d{key} shaped and typed like it")
 
     def describe(self) -> str:
         """Compact one-line form for tables: ``Conv2D(1, 16, k=(3, 3), s=(1, 1), p=(1, 1), relu)``."""
