@@ -19,7 +19,42 @@ LAYER_TYPES = {cls.__name__: cls for cls in (
     BatchNorm2D, BatchNorm1D, Dropout, GlobalAvgPool2D,
 )}
 
-__all__ = ["Layer", "from_config", "LAYER_TYPES", *LAYER_TYPES]
+BUILT_IN = frozenset(LAYER_TYPES)
+
+__all__ = ["Layer", "from_config", "register", "LAYER_TYPES", *LAYER_TYPES]
+
+
+def register(cls):
+    """Make a ``Layer`` subclass of your own known by its class name, as the built-in layers
+    are, to ``from_config``, ``from_spec`` and ``checkpoint.load(...).build_model()``, which
+    rebuild a model from the layer types and ``config_keys`` values of ``model.spec()``.
+    Returns ``cls``, so it can decorate the class. Registering a class of the same name again
+    (a notebook cell run twice) replaces it; a built-in layer's name is refused.
+
+    Checks what rebuilding needs: the constructor takes ``dtype`` (the whole model's), and
+    every other argument of it but ``seed`` and ``init`` is in ``config_keys`` (else a
+    rebuilt layer would silently get its default)."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)) or cls is Layer:
+        raise TypeError(f"register: expected a subclass of cnnx.layers.Layer, got {cls!r}")
+    name = cls.__name__
+    if name in BUILT_IN and LAYER_TYPES[name] is not cls:
+        raise ValueError(f"register: {name} is a built-in layer's name; give yours another")
+    params = {n: p for n, p in inspect.signature(cls).parameters.items()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    if "dtype" not in params:
+        raise ValueError(f"register: {name}.__init__ must take dtype='float32' and pass it to "
+                         f"Layer.__init__ (a model is rebuilt in its dtype)")
+    unsaved = [n for n in params if n not in ("dtype", "seed", "init", *cls.config_keys)]
+    if unsaved:
+        raise ValueError(f"register: {name}.config_keys lacks constructor argument(s) "
+                         f"{', '.join(unsaved)}, so a rebuilt layer would take the defaults; "
+                         f"list them: config_keys = {tuple(cls.config_keys) + tuple(unsaved)!r}")
+    unknown = [key for key in cls.config_keys if key not in params]
+    if unknown:
+        raise ValueError(f"register: {name}.config_keys names {', '.join(unknown)}, which "
+                         f"{name}.__init__ does not take")
+    LAYER_TYPES[name] = cls
+    return cls
 
 
 def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
@@ -35,8 +70,12 @@ def from_config(spec: dict, dtype: str = "float32", seed: int = 0) -> Layer:
     kind = kwargs.pop("type")
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown layer type {kind!r}{suggest(kind, LAYER_TYPES)}; known: "
-                         f"{', '.join(sorted(LAYER_TYPES))}")
+        close = suggest(kind, LAYER_TYPES)
+        own = ("" if close or not (isinstance(kind, str) and kind.isidentifier()) else
+               f"; a layer of your own must be registered first, in Python: "
+               f"cnnx.layers.register({kind})")
+        raise ValueError(f"unknown layer type {kind!r}{close}; known: "
+                         f"{', '.join(sorted(LAYER_TYPES))}{own}")
     if "seed" in _check_arguments(kind, cls, kwargs):
         kwargs["seed"] = seed
     try:
