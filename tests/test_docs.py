@@ -1,8 +1,10 @@
 """The prose points at real code: every file path and every dotted name of cnnx's that the
-README and the code tour (docs/tour.md) mention exists, so a rename cannot leave them behind."""
+README, the code tour (docs/tour.md) and the layer guide (docs/layers.md) mention exists, so a
+rename cannot leave them behind; and their Python examples run as printed."""
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib
 import re
@@ -12,10 +14,10 @@ import numpy as np
 import pytest
 
 import cnnx
-from cnnx import tools
+from cnnx import layers, tools
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "docs/tour.md"]
+DOCS = ["README.md", "docs/tour.md", "docs/layers.md"]
 PACKAGES = ["cnnx", "cnnx.backends", "cnnx.layers", "cnnx.data"]
 
 
@@ -116,6 +118,53 @@ def test_the_readme_library_example_runs(capsys, tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", x[:1])   # cnnx predict reads the saved file, class names too
     rows = tools.predict_files(tmp_path / "model.npz", [tmp_path / "x.npy"], device="auto")
     assert rows[0]["top"][0]["name"] == small.class_names[int(np.argmax(outputs[0]))]
+
+
+def python_blocks(doc: str, after: str = "") -> list[str]:
+    """The ```python blocks of ``doc`` that come after the line ``after`` (from the start if "")."""
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    start = text.index(f"\n{after}\n") if after else 0
+    return re.findall(r"```python\n(.*?)```", text[start:], re.S)
+
+
+@pytest.fixture
+def layer_types_restored():
+    """The examples register their layers; the other tests see the built-in ones only."""
+    before = dict(layers.LAYER_TYPES)
+    yield
+    layers.LAYER_TYPES.clear()
+    layers.LAYER_TYPES.update(before)
+
+
+def test_the_readme_own_layer_example_runs(layer_types_restored, capsys):
+    """The README's layer of one's own gradchecks, sits in a model and is registered, so that
+    the model rebuilds from its spec."""
+    block = python_blocks("README.md", "## Your own layer")[0]
+    names = {}
+    exec(compile(block, "README.md", "exec"), names)
+    printed = capsys.readouterr().out
+    errors = ast.literal_eval(printed.splitlines()[0])
+    assert set(errors) == {"input"} and errors["input"] < 1e-9
+    assert "2  LeakyReLU(0.1)" in printed and "total parameters: 50,890" in printed
+    assert layers.LAYER_TYPES["LeakyReLU"] is names["LeakyReLU"]
+    rebuilt = cnnx.from_spec(names["model"].spec(), input_shape=(1, 28, 28))
+    assert rebuilt.layers[2].slope == 0.1
+
+
+def test_the_layers_page_example_runs(layer_types_restored, capsys, tmp_path, monkeypatch):
+    """docs/layers.md's layer with parameters gradchecks, trains in a model, and comes back
+    from its checkpoint computing the same outputs."""
+    monkeypatch.chdir(tmp_path)   # the example writes scaled.npz
+    [block] = python_blocks("docs/layers.md")
+    names = {}
+    exec(compile(block, "docs/layers.md", "exec"), names)
+    errors = ast.literal_eval(capsys.readouterr().out.splitlines()[0])
+    assert set(errors) == {"input", "g", "b"} and max(errors.values()) < 1e-9
+    model, same, x = names["model"], names["same"], names["x"]
+    assert [h["epoch"] for h in names["history"]] == [1, 2, 3, 4, 5]
+    assert not np.array_equal(model.state_dict()["1.g"], np.ones(8))   # its parameters trained
+    assert type(same.layers[1]) is names["ChannelScale"]
+    assert np.array_equal(cnnx.predict(model, x), cnnx.predict(same, x))
 
 
 def test_tests_cited_exist():

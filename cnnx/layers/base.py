@@ -1,11 +1,12 @@
 """What every layer shares: its backend, dtype, parameters, gradients and input checks.
 
 A layer computes ``forward(x) -> y`` and ``backward(dy) -> dx``. ``forward`` keeps only what
-``backward`` needs; ``backward`` overwrites ``.grads`` (same keys as ``.params``) with
-dL/dparam for the batch and returns dL/dx. Both check their argument first: ``forward``
-with ``check_input(x)``, ``backward`` with ``check_grad(dy)`` against the output that
-``forward`` returned through ``_record_output``. Layers never import numpy or cupy: they use
-``self.xp``, the array module of the backend they were moved to with ``to(device)``.
+``backward`` needs; ``backward`` overwrites ``.grads`` (same keys, shapes and dtypes as
+``.params``: ``check_grads``) with dL/dparam for the batch and returns dL/dx. Both check their
+argument first: ``forward`` with ``check_input(x)``, ``backward`` with ``check_grad(dy)``
+against the output that ``forward`` returned through ``_record_output``. Layers never import
+numpy or cupy: they use ``self.xp``, the array module of the backend they were moved to with
+``to(device)``. docs/layers.md explains how to write a layer of one's own.
 """
 
 from __future__ import annotations
