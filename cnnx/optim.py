@@ -62,14 +62,14 @@ class Optimizer:
             saved = {key: state[key] for key in self.hyperparameters() if key in state}
             # through the constructor, which checks them (and empties the buffers, loaded next)
             type(self).__init__(self, self.model, **{**self.hyperparameters(), **saved})
-        self.state = {name: self._buffer_for(name, value)
+        params = {key: layer.params[k] for key, layer, k in self.model.parameters()}
+        self.state = {name: self._buffer_for(name, value, params)
                       for name, value in state["buffers"].items()}
 
-    def _buffer_for(self, name: str, value):
+    def _buffer_for(self, name: str, value, params: dict):
         """A saved buffer as a copy on the model's backend in its parameter's dtype (a float64
         state would otherwise turn the updates of a float32 model into float64 arithmetic);
-        ValueError when it belongs to no parameter of the model's shape."""
-        params = {key: layer.params[k] for key, layer, k in self.model.parameters()}
+        ValueError when it belongs to no parameter (of ``params``, by name) of its shape."""
         # SGD keys a velocity by its parameter's name ("0.W"), Adam adds ".m" and ".v"
         param = params.get(name, params.get(name.rpartition(".")[0]))
         if param is None or tuple(value.shape) != tuple(param.shape):

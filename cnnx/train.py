@@ -277,13 +277,13 @@ def backend_repeat(backend, row, n):
 def predict(model, x, batch_size: int = 256):
     """Model outputs for every example, in eval mode, as one device array (no examples: an
     empty batch of outputs, shaped as the model's)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     x = model.backend.asarray(x, dtype=model.dtype)
+    # no examples: one empty batch, whose output has the model's shape
+    slices = batch_slices(x.shape[0], batch_size, drop_last=False) or [(0, 0)]
     outs = []
     with eval_mode(model):
-        for start in range(0, max(x.shape[0], 1), batch_size):  # one (empty) batch if no examples
-            xb = x[start:start + batch_size]
+        for start, stop in slices:
+            xb = x[start:stop]
             with model.backend.work_scope(forward_size(model, xb)):
                 outs.append(model.forward(xb))
     return model.backend.xp.concatenate(outs, axis=0)
@@ -292,8 +292,6 @@ def predict(model, x, batch_size: int = 256):
 def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
     (or None for regression losses)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
     backend = model.backend
     x, y = prepare(model, x, y, "evaluation data")
     loss.to(backend)
@@ -301,8 +299,8 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     total_loss = total_correct = 0
     predictions = []
     with config.finite_checks(False), eval_mode(model):
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        for start, stop in batch_slices(x.shape[0], batch_size, drop_last=False):
+            xb, yb = x[start:stop], y[start:stop]
             with backend.work_scope(forward_size(model, xb)):
                 logits = model.forward(xb)
             total_loss = total_loss + loss.forward(logits, yb) * xb.shape[0]
