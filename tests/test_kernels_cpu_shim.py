@@ -226,6 +226,19 @@ def test_bias_activation_and_relu_backward_match_numpy(shim, m, o, relu, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_bias_relu_gives_the_numpy_path_zero_sign_and_nan(shim, dtype):
+    # assert_array_equal takes -0.0 == +0.0, so the signs are compared on their own: the two
+    # paths must agree to the bit, and NaN must pass through ReLU as it does through maximum
+    z = numpy.array([[-0.0, 0.0, numpy.nan, -1.0, 2.0, -numpy.inf]], dtype=dtype)
+    b = numpy.full((6,), -0.0, dtype=dtype)  # -0.0 + -0.0 stays -0.0
+    for relu in (False, True):
+        y, y_ref = shim.bias_activation(z, b, relu), CPU.bias_activation(z, b, relu)
+        numpy.testing.assert_array_equal(y, y_ref)
+        numpy.testing.assert_array_equal(numpy.signbit(y), numpy.signbit(y_ref))
+    assert not numpy.signbit(y[0, 0]) and numpy.isnan(y[0, 2])  # relu(-0.0) = +0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,classes", [(1, 10), (7, 10), (64, 10), (5, 1), (9, 13)])
 @pytest.mark.parametrize("label_dtype", ["int64", "int32"])
 def test_softmax_cross_entropy_matches_numpy(shim, batch, classes, label_dtype, dtype):

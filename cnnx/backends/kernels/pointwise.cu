@@ -8,7 +8,8 @@ __global__ void bias_activation(const T* z, const T* b, T* y, long long O, int r
 {
     for (long long t = first_index(); t < total; t += grid_stride()) {
         const T v = z[t] + b[t % O];
-        y[t] = (relu && v < T(0)) ? T(0) : v;
+        // v <= 0, not v < 0: -0.0 becomes +0.0 and NaN passes through, as in maximum(v, 0)
+        y[t] = (relu && v <= T(0)) ? T(0) : v;
     }
 }
 
