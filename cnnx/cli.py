@@ -247,6 +247,8 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
                f"after {epochs}, {result['seconds']:.1f} s on {result['device']}")
     click.echo(report.format_diagnosis(result["diagnosis"]))
     click.echo(f"run files in {result['out']}")
+    if result["epochs"] and not result["curves"]:
+        click.echo("no curves.png: drawing it needs matplotlib (pip install 'cnnx[plot]')")
 
 
 @cnnx.command()

@@ -63,6 +63,15 @@ def test_train_writes_every_run_file(run_dir):
         assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_train_without_matplotlib_says_why_there_is_no_curves_png(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    result = invoke(*train_args(tiny, tmp_path / "r", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r" / "curves.png").exists()
+    assert result.stdout.splitlines()[-1] == ("no curves.png: drawing it needs matplotlib "
+                                              "(pip install 'cnnx[plot]')")
+
+
 def test_synthetic_dataset_is_learned_in_one_epoch(tmp_path):
     result = invoke("train", "--device", "cpu", "--dataset", "synthetic", "--model", "seed-cnn",
                     "--epochs", 1, "--out", tmp_path / "s", "--quiet")
