@@ -538,6 +538,10 @@ BAD_TRAIN = [
     (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
     (["--dataset", "nowhere.npz"], "does not exist"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "fasion-mnist"], "unknown dataset 'fasion-mnist' \\(did you mean "
+                                     "'fashion-mnist'\\?\\): use one of"),
+    (["--dataset", "CIFAR-10"], "did you mean 'cifar10'"),
+    (["--dataset", "photos/"], "^Error: dataset 'photos/': no such file or directory$"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model", "lenet5", "--dataset", "cifar10"], "not found"),
     (["--epochs", "0"], "Invalid value for '--epochs'"),
