@@ -673,6 +673,7 @@ def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tm
     (tmp_path / "empty").mkdir()
     assert "no checkpoint at" in one_line_error(invoke("evaluate", tmp_path / "empty"))
     assert "no checkpoint at" in one_line_error(invoke("train", "--resume", tmp_path / "empty"))
+    assert (tmp_path / "empty").is_dir()  # the user's directory: --resume made none to remove
     assert "already holds a run" in one_line_error(invoke("train", "--out", out, "--device", "cpu"))
 
 
