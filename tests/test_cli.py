@@ -674,6 +674,10 @@ def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tm
     assert "no checkpoint at" in one_line_error(invoke("evaluate", tmp_path / "empty"))
     assert "no checkpoint at" in one_line_error(invoke("train", "--resume", tmp_path / "empty"))
     assert (tmp_path / "empty").is_dir()  # the user's directory: --resume made none to remove
+    for command in (["evaluate"], ["predict"], ["train", "--resume"]):  # runs/, not runs/<run>/
+        error = one_line_error(invoke(*command, out.parent, *(["x.npy"] * (command == ["predict"]))))
+        assert error == (f"Error: no checkpoint at {out.parent / 'checkpoint.npz'}; {out.parent} "
+                         f"holds runs: name one, such as {out} (the latest)")
     assert "already holds a run" in one_line_error(invoke("train", "--out", out, "--device", "cpu"))
 
 
