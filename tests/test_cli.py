@@ -41,6 +41,7 @@ def test_help_and_version():
     for command in ([], ["train"], ["evaluate"], ["predict"], ["summary"], ["gradcheck"], ["info"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage: cnnx" in result.output
+        assert " TEXT " not in result.output, result.output  # each option says what it takes
 
 
 def test_train_writes_every_run_file(run_dir):
