@@ -198,6 +198,11 @@ def load(path) -> Checkpoint:
     if path.is_dir():
         path = path / "checkpoint.npz"
     if not path.is_file():
+        runs = (sorted(path.parent.glob("*/checkpoint.npz"), key=lambda p: p.stat().st_mtime)
+                if path.name == "checkpoint.npz" else [])
+        if runs:  # runs/ given for runs/<timestamp>/
+            raise CheckpointError(f"no checkpoint at {path}; {path.parent} holds runs: name "
+                                  f"one, such as {runs[-1].parent} (the latest)")
         raise CheckpointError(f"no checkpoint at {path}")
     arrays = _read_arrays(path)
     header = _parse_header(path, arrays.pop("header", None))

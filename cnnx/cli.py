@@ -141,7 +141,7 @@ def _image_size(ctx, param, value):
 
 
 device_option = click.option(
-    "--device", default="auto", show_default=True, callback=_device,
+    "--device", default="auto", show_default=True, callback=_device, metavar="DEVICE",
     help="cpu, cuda, cuda:N, or auto (a GPU when one is usable, else the CPU).")
 debug_option = click.option("--debug", is_flag=True, expose_value=False,
                             help="Show the full traceback on errors.")
@@ -157,7 +157,7 @@ def cnnx():
 
 @cnnx.command()
 @device_option
-@click.option("--dataset", default=DEFAULTS.dataset, show_default=True,
+@click.option("--dataset", default=DEFAULTS.dataset, show_default=True, metavar="NAME|PATH",
               help=f"{', '.join(DATASETS)}, a .npz with x_train, y_train, x_test, y_test "
                    "(optionally x_val, y_val), or a directory of pictures: "
                    "DIR/train/<class>/*.png and DIR/test/<class>/... (also .jpg, .bmp, .webp, "
@@ -168,7 +168,7 @@ def cnnx():
 @click.option("--image-size", callback=_image_size, metavar="H,W",
               help="Resize every picture of a --dataset directory to H,W pixels (one number for "
                    "squares).  [default: the pictures must have one size]")
-@click.option("--model", default=DEFAULTS.model, show_default=True,
+@click.option("--model", default=DEFAULTS.model, show_default=True, metavar="PRESET|FILE",
               help=f"A preset ({', '.join(PRESETS)}; sized to the dataset's images and "
               "classes) or a JSON file describing the layers.")
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs, show_default=True)
@@ -247,11 +247,14 @@ def train(ctx, device, out, resume, quiet, cuda_graph, **options):
                f"after {epochs}, {result['seconds']:.1f} s on {result['device']}")
     click.echo(report.format_diagnosis(result["diagnosis"]))
     click.echo(f"run files in {result['out']}")
+    if result["epochs"] and not result["curves"]:
+        click.echo("no curves.png: drawing it needs matplotlib (pip install 'cnnx[plot]')")
 
 
 @cnnx.command()
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--dataset", help="Dataset whose test split to evaluate on (an .npz needs only "
+@click.option("--dataset", metavar="NAME|PATH",
+              help="Dataset whose test split to evaluate on (an .npz needs only "
               "x_test and y_test, a directory of pictures only test/<class>/)  "
               "[default: the checkpoint's]")
 @click.option("--data-dir", type=click.Path(exists=True, file_okay=False),
@@ -309,7 +312,7 @@ def predict(checkpoint, files, top_k, device, as_json):
 
 @cnnx.command()
 @click.argument("model")
-@click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
+@click.option("--input-shape", callback=_shape, metavar="C,H,W", help=INPUT_SHAPE_HELP)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
               show_default=True)
 @debug_option
@@ -329,7 +332,7 @@ def summary(model, input_shape, dtype):
 
 @cnnx.command()
 @click.argument("model")
-@click.option("--input-shape", callback=_shape, help=INPUT_SHAPE_HELP)
+@click.option("--input-shape", callback=_shape, metavar="C,H,W", help=INPUT_SHAPE_HELP)
 @click.option("--tolerance", type=FiniteFloatRange(min=0, min_open=True), default=1e-6,
               show_default=True, help="Largest relative error accepted.")
 @click.option("--max-elements", type=click.IntRange(min=1), default=30, show_default=True,

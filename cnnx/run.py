@@ -313,8 +313,9 @@ def train(options: dict, out=None, device: str = "auto", resume: bool = False,
     computes, so it is not part of the saved config).
     """
     out = Path(out) if out is not None else default_out()
-    # a directory made for this run (or found empty) is removed again if no checkpoint lands
-    created = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    # a directory made for this run (or found empty) is removed again if no checkpoint lands;
+    # --resume makes none (an empty one it names is refused, and kept)
+    created = not resume and (not out.exists() or (out.is_dir() and not any(out.iterdir())))
     try:
         return _train_in(out, options, device, resume, listener or Listener(), cuda_graph)
     except BaseException:

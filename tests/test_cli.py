@@ -41,6 +41,7 @@ def test_help_and_version():
     for command in ([], ["train"], ["evaluate"], ["predict"], ["summary"], ["gradcheck"], ["info"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage: cnnx" in result.output
+        assert " TEXT " not in result.output, result.output  # each option says what it takes
 
 
 def test_train_writes_every_run_file(run_dir):
@@ -61,6 +62,15 @@ def test_train_writes_every_run_file(run_dir):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files
     if importlib.util.find_spec("matplotlib"):
         assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_without_matplotlib_says_why_there_is_no_curves_png(tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    result = invoke(*train_args(tiny, tmp_path / "r", "--epochs", 1))
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "r" / "curves.png").exists()
+    assert result.stdout.splitlines()[-1] == ("no curves.png: drawing it needs matplotlib "
+                                              "(pip install 'cnnx[plot]')")
 
 
 def test_synthetic_dataset_is_learned_in_one_epoch(tmp_path):
@@ -529,6 +539,10 @@ BAD_TRAIN = [
     (["--dataset", "fashion-mnist"], "apt-get install dataset-fashion-mnist"),
     (["--dataset", "nowhere.npz"], "does not exist"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "fasion-mnist"], "unknown dataset 'fasion-mnist' \\(did you mean "
+                                     "'fashion-mnist'\\?\\): use one of"),
+    (["--dataset", "CIFAR-10"], "did you mean 'cifar10'"),
+    (["--dataset", "photos/"], "^Error: dataset 'photos/': no such file or directory$"),
     (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["--model", "lenet5", "--dataset", "cifar10"], "not found"),
     (["--epochs", "0"], "Invalid value for '--epochs'"),
@@ -660,6 +674,11 @@ def test_checkpoint_from_another_model_and_corrupt_checkpoints(run_dir, tiny, tm
     (tmp_path / "empty").mkdir()
     assert "no checkpoint at" in one_line_error(invoke("evaluate", tmp_path / "empty"))
     assert "no checkpoint at" in one_line_error(invoke("train", "--resume", tmp_path / "empty"))
+    assert (tmp_path / "empty").is_dir()  # the user's directory: --resume made none to remove
+    for command in (["evaluate"], ["predict"], ["train", "--resume"]):  # runs/, not runs/<run>/
+        error = one_line_error(invoke(*command, out.parent, *(["x.npy"] * (command == ["predict"]))))
+        assert error == (f"Error: no checkpoint at {out.parent / 'checkpoint.npz'}; {out.parent} "
+                         f"holds runs: name one, such as {out} (the latest)")
     assert "already holds a run" in one_line_error(invoke("train", "--out", out, "--device", "cpu"))
 
 

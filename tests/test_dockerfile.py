@@ -3,6 +3,7 @@ image must hold. No Docker engine is needed."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import shutil
 import subprocess
@@ -31,6 +32,21 @@ def test_dockerfile_copies_every_file_the_build_reads():
         copied.update(line.split())
     assert needed <= copied, f"the Dockerfile does not COPY {sorted(needed - copied)} into /src/"
     assert all((ROOT / name).is_file() for name in needed)
+    # ... and .dockerignore must let them into the build context, or COPY finds nothing
+    ignored = [name for name in sorted(copied | {"cnnx"}) if _docker_ignores(name)]
+    assert not ignored, f".dockerignore keeps {ignored} out of the build context"
+
+
+def _docker_ignores(name: str) -> bool:
+    """Whether .dockerignore leaves the top-level ``name`` out of the build context: its
+    patterns in order, the last that matches deciding (``!`` lets a name back in)."""
+    ignored = False
+    for pattern in (ROOT / ".dockerignore").read_text().split():
+        allow = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").removeprefix("**/")
+        if fnmatch.fnmatchcase(name, pattern):
+            ignored = not allow
+    return ignored
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..layers import suggest
 from . import formats, pictures, sources
 from .sources import KNOWN, DatasetNotFound, locate, search_dirs
 from .synthetic import make_synthetic
@@ -107,8 +108,11 @@ def load_dataset(name: str, data_dir=None, download: bool = True, log=None,
         if not path.is_file():
             raise ValueError(f"dataset file {path} does not exist")
         return _from_dict(path.stem, formats.read_npz(path, splits), str(path))
-    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, a path to an .npz "
-                     "or a directory of pictures in class folders")
+    hint = suggest(name.lower(), NAMES)  # the names are lower case
+    if not hint and (path.suffix or "/" in name):  # meant as a path
+        raise ValueError(f"dataset {name!r}: no such file or directory")
+    raise ValueError(f"unknown dataset {name!r}{hint}: use one of {', '.join(NAMES)}, a path to "
+                     "an .npz or a directory of pictures in class folders")
 
 
 def absolute_path(name: str) -> str:
