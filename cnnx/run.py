@@ -333,6 +333,7 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
     cfg = resolve_config(options, ck)
     if ck is not None:  # before anything is read or written
         check_epochs_left(ck, cfg, out)
+    _make_run_directory(out)  # before the data is read: an --out it cannot make fails at once
     backend = get_backend(device)
     prep = prepare_data(cfg, log=listener.message)
     prep.dataset = prep.dataset.without_images()  # training holds the standardized copies only
@@ -354,7 +355,6 @@ def _train_in(out: Path, options: dict, device: str, resume: bool, listener: Lis
                      f"{len(prep.train[1])} train / {len(prep.val[1]) if prep.val else 0} "
                      f"validation{own} / {len(prep.test[1])} test images{held_out}; writing to "
                      f"{out}")
-    out.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     session.write_metrics()  # now, not after an epoch: a directory it cannot write says so at once
     try:
@@ -395,6 +395,16 @@ def _model_for(cfg, ds, ck, explicit_model: bool):
                          f"{ds.name} has {ds.input_shape}")
     check_outputs(model, ds)
     return model
+
+
+def _make_run_directory(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under a file, on a read-only or pseudo file system (/proc)
+        error = OSError(f"cannot make the run directory {out}: {exc.strerror or exc}; "
+                        "choose another --out")
+        error.errno = exc.errno
+        raise error from exc
 
 
 def _remove_stale_temporaries(out: Path) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import pytest
 import cnnx
 import cnnx.cli
 import cnnx.console
+import cnnx.run
 import cnnx.session
 import cnnx.train
 from cnnx import backends, checkpoint, data, report
@@ -479,6 +481,23 @@ def test_a_run_directory_that_cannot_be_written_is_refused_before_training(tiny,
     assert one_line_error(invoke(*train_args(tiny, out))) == (
         f"Error: cannot write {out / 'metrics.jsonl'}: Read-only file system")
     assert steps == []
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc"])
+def test_a_run_directory_that_cannot_be_made_is_named_before_the_data_is_read(where, tiny,
+                                                                              tmp_path, monkeypatch):
+    """Was Python's raw "Error: [Errno 20] Not a directory: '.../run'", after the data had
+    been read and the run announced."""
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "run" if where == "under-a-file" else Path("/proc/cnnx-run")
+    if where == "proc" and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    reads = []
+    monkeypatch.setattr(cnnx.run, "prepare_data", lambda *args, **kwargs: reads.append(1))
+    error = one_line_error(invoke(*train_args(tiny, out)))
+    assert re.fullmatch(f"Error: cannot make the run directory {re.escape(str(out))}: "
+                        r"[A-Z][a-z ]+; choose another --out", error), error
+    assert reads == []
 
 
 def test_j_train_is_measured_on_every_class_of_a_dataset_sorted_by_class(tmp_path, monkeypatch):
