@@ -57,8 +57,12 @@ def environment() -> dict:
     """Versions, backends and datasets, for ``cnnx info``."""
     from . import __version__, data
 
+    threads = cpu_threads.worker_count()
     info = {"cnnx": __version__, "python": platform.python_version(),
-            "numpy": f"{np.__version__} (BLAS: {blas_name()})", "cpu": describe_device(get_backend("cpu"))}
+            "numpy": f"{np.__version__} (BLAS: {blas_name()})",
+            # what the numpy line has not said (describe_device would say that again)
+            "cpu": (f"{os.cpu_count()} cores, {threads} thread{'s' * (threads != 1)} "
+                    "(CNNX_CPU_THREADS sets the threads)")}
     try:
         cuda = get_backend("cuda")
         info["cuda"] = describe_device(cuda)
