@@ -76,10 +76,18 @@ def prepare(model, x, y, name: str = "data"):
         _explain_non_finite(backend, given, model.dtype, name)
     if y.dtype.kind == "f" and not bool(backend.xp.isfinite(y).all()):
         raise ValueError(f"{name}: targets contain NaN or inf")
+    check_example_shape(model, x, name)
+    return x, y
+
+
+def check_example_shape(model, x, name: str) -> None:
+    """ValueError when the examples of the batch ``x`` are not shaped as ``model.input_shape``
+    (images in NHWC for an NCHW model, one example without its batch axis), which a model
+    that starts by flattening would otherwise take without a word."""
     if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
         raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
-                         f"the model expects {model.input_shape}")
-    return x, y
+                         f"the model expects {model.input_shape} (a batch of them: "
+                         f"(N, {', '.join(map(str, model.input_shape))}))")
 
 
 def _explain_non_finite(backend, given, dtype, name: str):
@@ -276,8 +284,10 @@ def backend_repeat(backend, row, n):
 
 def predict(model, x, batch_size: int = 256):
     """Model outputs for every example, in eval mode, as one device array (no examples: an
-    empty batch of outputs, shaped as the model's)."""
+    empty batch of outputs, shaped as the model's). ``x`` is a batch: a model built with
+    ``input_shape`` refuses examples of another shape, as ``fit`` and ``evaluate`` do."""
     x = model.backend.asarray(x, dtype=model.dtype)
+    check_example_shape(model, x, "prediction data")
     # no examples: one empty batch, whose output has the model's shape
     slices = batch_slices(x.shape[0], batch_size, drop_last=False) or [(0, 0)]
     outs = []
