@@ -14,7 +14,9 @@ from functools import partial
 from . import config
 from .backends import make_rng
 from .layers import BatchNorm1D, BatchNorm2D
-from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
+from .optim import Optimizer
+from .shapes import is_int
 
 #: How often (in steps) ``fit`` reads the running loss on the host to notice a divergence
 #: early; on a GPU each read waits for the steps before it, so not every step.
@@ -44,8 +46,8 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True):
 
 def batch_slices(n: int, batch_size: int, drop_last: bool):
     """``[(start, stop)]`` of each mini-batch; a last, smaller batch is dropped if asked."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not (is_int(batch_size) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     slices = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     if drop_last and slices and slices[-1][1] - slices[-1][0] < batch_size:
         slices.pop()
@@ -138,8 +140,13 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     Raises TrainingDiverged when the training loss becomes NaN or infinite: it is read on the
     host every ``FINITE_CHECK_STEPS`` steps and at the end of each epoch, before ``on_epoch``.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    if not (is_int(epochs) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    check_loss(loss, "fit(model, loss, optimizer, x, y, ...)")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
+                        f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
+                        f"fit(model, loss, optimizer, x, y, ...)")
     if getattr(optimizer, "model", model) is not model:
         raise ValueError("fit: the optimizer updates another model's parameters; build it for "
                          "this one, e.g. optim.SGD(model, lr=0.01)")
@@ -147,6 +154,9 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     loss.to(model.backend)
     _check_targets(model, loss, x[:1], y, "training data")
     if validation is not None:
+        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
+            raise ValueError(f"fit: validation must be a pair (x_val, y_val), got "
+                             f"{_what(validation)}")
         validation = prepare(model, *validation, name="validation data")
         _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
@@ -180,6 +190,22 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         if cuda_graph:
             step.close()
     return history
+
+
+def _what(value) -> str:
+    """How an error names a wrong argument: a class by its name, anything else by its type."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} (call it: {value.__name__}(...))"
+    return f"a {type(value).__name__}"
+
+
+def check_loss(loss, call: str) -> None:
+    """TypeError unless ``loss`` is a cnnx loss object (not its class, not the optimizer);
+    ``call`` is the signature the message recalls, ``"evaluate(model, loss, x, y)"``."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"{call.partition('(')[0]}: loss must be a cnnx loss object, such as "
+                        f"losses.SoftmaxCrossEntropy(), got {_what(loss)}; the arguments are "
+                        f"{call}")
 
 
 def _check_last_batch(model, example_shape: tuple, slices, batch_size: int) -> None:
@@ -303,6 +329,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
     (or None for regression losses)."""
     backend = model.backend
+    check_loss(loss, "evaluate(model, loss, x, y, ...)")
     x, y = prepare(model, x, y, "evaluation data")
     loss.to(backend)
     _check_targets(model, loss, x[:1], y, "evaluation data")  # the loop skips the loss's checks

@@ -30,3 +30,51 @@ def test_predict_refuses_examples_of_another_shape(backend, shape, message):
         cnnx.predict(model, x)
     with pytest.raises(ValueError, match=message.replace("prediction", "evaluation")):
         cnnx.evaluate(model, cnnx.losses.SoftmaxCrossEntropy(), x, np.zeros(shape[0], int))
+
+
+def _fit_args():
+    model = cnnx.Sequential([layers.Flatten(), layers.Dense(12, 3)], input_shape=(3, 2, 2))
+    x = np.random.default_rng(0).random((4, 3, 2, 2), dtype=np.float32)
+    return model, cnnx.losses.SoftmaxCrossEntropy(), cnnx.optim.SGD(model, lr=0.1), x, [0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("change, error, message", [
+    # before: TypeError: Loss.to() missing 1 required positional argument: 'device'
+    (lambda a: {"loss": cnnx.losses.SoftmaxCrossEntropy}, TypeError,
+     r"^fit: loss must be a cnnx loss object, such as losses.SoftmaxCrossEntropy\(\), got the "
+     r"class SoftmaxCrossEntropy \(call it: SoftmaxCrossEntropy\(...\)\); the arguments are "
+     r"fit\(model, loss, optimizer, x, y, ...\)$"),
+    # before: AttributeError: 'SGD' object has no attribute 'to'
+    (lambda a: {"loss": a["optimizer"], "optimizer": a["loss"]}, TypeError,
+     r"^fit: loss must be a cnnx loss object.*got a SGD; the arguments are fit\(model, loss, "),
+    # before: TypeError: SGD.step() missing 1 required positional argument: 'self'
+    (lambda a: {"optimizer": cnnx.optim.SGD}, TypeError,
+     r"^fit: optimizer must be a cnnx optimizer built for the model, such as "
+     r"optim.SGD\(model, lr=0.01\), got the class SGD \(call it: SGD\(...\)\)"),
+    # before: TypeError: prepare() got multiple values for argument 'name'
+    (lambda a: {"validation": a["x"]}, ValueError,
+     r"^fit: validation must be a pair \(x_val, y_val\), got a ndarray$"),
+    # before: TypeError: 'float' object cannot be interpreted as an integer
+    (lambda a: {"epochs": 1.5}, ValueError, r"^epochs must be an integer >= 0, got 1.5$"),
+    # before: TypeError: '<' not supported between instances of 'str' and 'int'
+    (lambda a: {"epochs": "2"}, ValueError, r"^epochs must be an integer >= 0, got '2'$"),
+    # before: TypeError: 'float' object cannot be interpreted as an integer
+    (lambda a: {"batch_size": 2.0}, ValueError, r"^batch_size must be a positive integer, got 2.0$"),
+])
+def test_fit_names_a_wrong_argument(change, error, message):
+    model, loss, optimizer, x, y = _fit_args()
+    args = {"loss": loss, "optimizer": optimizer, "x": x, "y": y}
+    args.update(change(args))
+    kwargs = {k: v for k, v in args.items() if k not in ("loss", "optimizer", "x", "y")}
+    with pytest.raises(error, match=message):
+        cnnx.fit(model, args["loss"], args["optimizer"], args["x"], args["y"], **kwargs)
+
+
+def test_evaluate_and_predict_name_a_wrong_argument():
+    model, loss, _, x, y = _fit_args()
+    with pytest.raises(TypeError, match=r"^evaluate: loss must be a cnnx loss object.*the "
+                                        r"arguments are evaluate\(model, loss, x, y, ...\)$"):
+        cnnx.evaluate(model, type(loss), x, y)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got 2.5$"):
+        cnnx.predict(model, x, batch_size=2.5)
+    assert cnnx.predict(model, x, batch_size=np.int64(3)).shape == (4, 3)   # NumPy ints do

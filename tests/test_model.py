@@ -236,5 +236,5 @@ def test_an_empty_batch_gives_an_empty_batch_of_outputs(backend):
     assert model.eval().forward(backend.asarray(empty)).shape == (0, 4)
     full = backend.to_numpy(train.predict(model, np.ones((3, 2, 8, 8)), batch_size=2))
     assert full.shape == (3, 4) and np.allclose(full.sum(axis=1), 1)
-    with pytest.raises(ValueError, match="^batch_size must be positive, got 0$"):
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer, got 0$"):
         train.predict(model, empty, batch_size=0)
