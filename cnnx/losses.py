@@ -13,6 +13,9 @@ from .layers.activation import sigmoid
 
 
 class Loss:
+    """Base class: ``forward(pred, target)`` returns the loss (a 0-d array) and keeps what
+    ``backward()`` needs to return dL/d(pred); calling the loss is its forward."""
+
     def __init__(self):
         self._cache = None
         self.backend = None  # set by .to(); None: found from the predictions' array type
@@ -26,6 +29,9 @@ class Loss:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
 
     def __call__(self, pred, target):
         return self.forward(pred, target)

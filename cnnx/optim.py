@@ -23,7 +23,18 @@ def _setting(optimizer, name: str, value, low: float, high: float = math.inf,
 
 
 class Optimizer:
+    """Base class: ``Optimizer(model, lr)`` updates every parameter of ``model`` (a
+    ``Sequential``) from the gradients its last ``backward`` left in the layers' ``.grads``,
+    one ``step()`` at a time. ``lr`` may be changed between steps (schedules do)."""
+
     def __init__(self, model, lr: float):
+        if not (callable(getattr(model, "parameters", None)) and hasattr(model, "backend")):
+            wrap = ("; wrap it: cnnx.Sequential([layer])" if hasattr(model, "params")
+                    else "; wrap them: cnnx.Sequential(layers)"
+                    if isinstance(model, (list, tuple)) and model
+                    and all(hasattr(item, "params") for item in model) else "")
+            raise TypeError(f"{type(self).__name__}: expected the model whose parameters it "
+                            f"updates (a cnnx.Sequential), got a {type(model).__name__}{wrap}")
         lr = _setting(self, "learning rate", lr, 0, low_open=True)
         self.model = model
         self.lr = float(lr)
@@ -47,6 +58,11 @@ class Optimizer:
     def hyperparameters(self) -> dict:
         """The constructor's settings, by keyword."""
         return {"lr": self.lr}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={tuple(value) if isinstance(value, list) else value!r}"
+                             for key, value in self.hyperparameters().items())
+        return f"{type(self).__name__}({settings})"
 
     def state_dict(self) -> dict:
         """Host (NumPy) copies of the buffers plus the hyper-parameters, for checkpoints."""

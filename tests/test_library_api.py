@@ -78,3 +78,29 @@ def test_evaluate_and_predict_name_a_wrong_argument():
     with pytest.raises(ValueError, match=r"^batch_size must be a positive integer, got 2.5$"):
         cnnx.predict(model, x, batch_size=2.5)
     assert cnnx.predict(model, x, batch_size=np.int64(3)).shape == (4, 3)   # NumPy ints do
+
+
+@pytest.mark.parametrize("make, message", [
+    # before: accepted, then AttributeError: 'list' object has no attribute 'backend' in step()
+    (lambda m: cnnx.optim.SGD(m.layers, lr=0.1),
+     r"^SGD: expected the model whose parameters it updates \(a cnnx.Sequential\), got a list; "
+     r"wrap them: cnnx.Sequential\(layers\)$"),
+    # before: accepted, then AttributeError: 'Dense' object has no attribute 'parameters'
+    (lambda m: cnnx.optim.Adam(m.layers[1]),
+     r"^Adam: expected the model .*, got a Dense; wrap it: cnnx.Sequential\(\[layer\]\)$"),
+    (lambda m: cnnx.optim.SGD(m.parameters()), r"^SGD: expected the model .*, got a list$"),
+])
+def test_optimizers_refuse_what_is_not_a_model(make, message):
+    model, *_ = _fit_args()
+    with pytest.raises(TypeError, match=message):
+        make(model)
+
+
+def test_repr_of_optimizers_and_losses_shows_their_settings():
+    """Before: <cnnx.optim.SGD object at 0x7f...>."""
+    model, *_ = _fit_args()
+    assert repr(cnnx.optim.SGD(model, lr=0.1, momentum=0.9)) == (
+        "SGD(lr=0.1, momentum=0.9, weight_decay=0.0, nesterov=False)")
+    assert repr(cnnx.optim.Adam(model, weight_decay=0.01, decoupled=True)) == (
+        "Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, decoupled=True)")
+    assert repr(cnnx.losses.BinaryCrossEntropy()) == "BinaryCrossEntropy()"
