@@ -31,6 +31,9 @@ class Sequential:
     """
 
     def __init__(self, layers, input_shape=None, seed: int = 0):
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"Sequential: takes a list of layers, got a {type(layers).__name__}; "
+                            f"write Sequential([layer1, layer2, ...])")
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")

@@ -218,6 +218,17 @@ def test_sequential_items_must_be_layers(items, message):
         Sequential(items)
 
 
+@pytest.mark.parametrize("call", [
+    lambda: Sequential(layers.Dense(4, 2)),
+    lambda: Sequential(layers.Dense(4, 2), layers.ReLU()),   # layers as separate arguments
+])
+def test_sequential_takes_a_list_not_layers_one_by_one(call):
+    """Before: TypeError: 'Dense' object is not iterable."""
+    message = "Sequential: takes a list of layers, got a Dense; write Sequential([layer1, layer2, ...])"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        call()
+
+
 @pytest.mark.parametrize("input_shape", [5, "1,28,28", (1, 28.0, 28), (1, 0, 28)])
 def test_sequential_input_shape_must_be_a_tuple_of_positive_ints(input_shape):
     message = ("Sequential: input_shape must be one example's shape as a tuple of positive ints, "
