@@ -4,6 +4,9 @@ traceback from deep inside, or a silent wrong answer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -104,3 +107,13 @@ def test_repr_of_optimizers_and_losses_shows_their_settings():
     assert repr(cnnx.optim.Adam(model, weight_decay=0.01, decoupled=True)) == (
         "Adam(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, decoupled=True)")
     assert repr(cnnx.losses.BinaryCrossEntropy()) == "BinaryCrossEntropy()"
+
+
+def test_import_cnnx_reaches_the_modules_the_readme_names():
+    """The README names cnnx.schedules, cnnx.augment.Augment and cnnx.models.build; before,
+    ``import cnnx`` alone left them unimported (AttributeError: module 'cnnx' has no attribute
+    'schedules'). A fresh interpreter: in this one, other tests have imported them."""
+    code = ("import cnnx; cnnx.schedules.Cosine; cnnx.augment.Augment; cnnx.models.build; "
+            "names = {}; exec('from cnnx import *', names); "
+            "assert {'models', 'schedules', 'augment'} <= set(names), sorted(names)")
+    subprocess.run([sys.executable, "-c", code], check=True)
