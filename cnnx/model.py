@@ -172,6 +172,13 @@ class Sequential:
                 for name, layer, group, key in self._state_arrays()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` (``{name: array}``, as ``state_dict()`` returns it, or a checkpoint's
+        ``model_state``) into the parameters and buffers; ValueError naming what does not fit."""
+        if not isinstance(state, dict):
+            hint = ("; pass its model_state: model.load_state_dict(ck.model_state)"
+                    if hasattr(state, "model_state") else "")
+            raise TypeError(f"load_state_dict: expected a dict {{name: array}} as state_dict() "
+                            f"returns, got a {type(state).__name__}{hint}")
         entries = self._state_arrays()
         expected = {name: getattr(layer, group)[key] for name, layer, group, key in entries}
         missing = sorted(set(expected) - set(state))
@@ -180,6 +187,9 @@ class Sequential:
             raise ValueError(f"state does not fit this model: missing {missing}, unexpected {extra}")
         for name, layer, group, key in entries:
             value = state[name]
+            if not hasattr(value, "shape"):
+                raise ValueError(f"state does not fit this model: {name} is a "
+                                 f"{type(value).__name__}, not an array")
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise ValueError(f"state does not fit this model: {name} has shape "
                                  f"{tuple(value.shape)}, the model needs {tuple(expected[name].shape)}")
