@@ -12,6 +12,7 @@ import time
 from functools import partial
 
 from . import config
+from .augment import Augment
 from .backends import make_rng
 from .layers import BatchNorm1D, BatchNorm2D
 from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
@@ -134,7 +135,8 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     ``augment``: an ``cnnx.augment.Augment`` applied to each training batch.
     ``schedule(progress_in_epochs) -> lr`` sets the optimizer's rate before every step.
     ``patience``: stop when the validation loss has not improved for that many epochs
-    (early stopping; the caller keeps the best checkpoint, e.g. from ``on_epoch``).
+    (early stopping, so it needs ``validation``; the caller keeps the best checkpoint, e.g.
+    from ``on_epoch``).
     ``cuda_graph``: replay each full-size step from a CUDA graph (cnnx/graph.py; CUDA only).
 
     Raises TrainingDiverged when the training loss becomes NaN or infinite: it is read on the
@@ -147,6 +149,21 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
                         f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
                         f"fit(model, loss, optimizer, x, y, ...)")
+    if not is_int(seed):
+        raise ValueError(f"fit: seed must be an integer, got {seed!r}")
+    if patience is not None:
+        if not (is_int(patience) and patience >= 1):
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if validation is None:  # it would never stop early, without a word
+            raise ValueError("fit: patience stops on the validation loss; pass "
+                             "validation=(x_val, y_val) too")
+    if schedule is not None and not callable(schedule):
+        raise TypeError(f"fit: schedule must map epochs to a learning rate, such as "
+                        f"schedules.Cosine(0.05, total_epochs=10), got {_what(schedule)}; for "
+                        f"a constant rate set the optimizer's lr")
+    if augment is not None and not isinstance(augment, Augment):
+        raise TypeError(f"fit: augment must be an augment.Augment(flip=..., shift=...), got "
+                        f"{_what(augment)}")
     if getattr(optimizer, "model", model) is not model:
         raise ValueError("fit: the optimizer updates another model's parameters; build it for "
                          "this one, e.g. optim.SGD(model, lr=0.01)")
@@ -234,8 +251,8 @@ def stop_early(val_losses, patience: int | None) -> bool:
     improve on the best loss before them. None disables it."""
     if patience is None:
         return False
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
+    if not (is_int(patience) and patience >= 1):
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
     if len(val_losses) <= patience or None in val_losses:
         return False
     return min(val_losses[-patience:]) >= min(val_losses[:-patience])

@@ -63,6 +63,23 @@ def _fit_args():
     (lambda a: {"epochs": "2"}, ValueError, r"^epochs must be an integer >= 0, got '2'$"),
     # before: TypeError: 'float' object cannot be interpreted as an integer
     (lambda a: {"batch_size": 2.0}, ValueError, r"^batch_size must be a positive integer, got 2.0$"),
+    # before: TypeError: object of type 'NoneType' has no len() (from NumPy's seeding)
+    (lambda a: {"seed": None}, ValueError, r"^fit: seed must be an integer, got None$"),
+    # before: trained the whole first epoch, then "patience must be >= 1, got 0"
+    (lambda a: {"patience": 0, "validation": (a["x"], a["y"])}, ValueError,
+     r"^patience must be an integer >= 1, got 0$"),
+    # before: trained every epoch and never stopped early, without a word (as cnnx train
+    # refuses --patience without a validation set)
+    (lambda a: {"patience": 2}, ValueError,
+     r"^fit: patience stops on the validation loss; pass validation=\(x_val, y_val\) too$"),
+    # before: TypeError: 'float' object is not callable
+    (lambda a: {"schedule": 0.1}, TypeError,
+     r"^fit: schedule must map epochs to a learning rate, such as "
+     r"schedules.Cosine\(0.05, total_epochs=10\), got a float; for a constant rate set the "
+     r"optimizer's lr$"),
+    # before: TypeError: Augment.plan() missing 1 required positional argument: 'backend'
+    (lambda a: {"augment": cnnx.augment.Augment}, TypeError,
+     r"^fit: augment must be an augment.Augment\(flip=..., shift=...\), got the class Augment"),
 ])
 def test_fit_names_a_wrong_argument(change, error, message):
     model, loss, optimizer, x, y = _fit_args()
