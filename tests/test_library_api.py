@@ -134,3 +134,13 @@ def test_import_cnnx_reaches_the_modules_the_readme_names():
             "names = {}; exec('from cnnx import *', names); "
             "assert {'models', 'schedules', 'augment'} <= set(names), sorted(names)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_layer_is_called_like_a_model_and_a_loss(backend):
+    """Before: model(x) and loss(pred, y) worked, layer(x) was TypeError: 'Conv2D' object is
+    not callable. A layer subclass's own forward is the one called."""
+    conv = layers.Conv2D(2, 3, 3, padding=1, activation="relu").to(backend)
+    x = backend.asarray(np.random.default_rng(0).random((2, 2, 5, 5)), dtype="float32")
+    y = conv(x)
+    assert np.array_equal(backend.to_numpy(y), backend.to_numpy(conv.forward(x)))
+    conv.backward(backend.xp.ones_like(y))   # conv(x) recorded its output for backward

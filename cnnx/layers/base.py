@@ -46,6 +46,10 @@ class Layer:
         #: shape of the last forward's output (None before any): what backward's dy must have
         self._output_shape = None
 
+    def __call__(self, x):
+        """``layer(x)`` is ``layer.forward(x)``, as ``model(x)`` and ``loss(pred, y)`` are."""
+        return self.forward(x)
+
     # ---------------------------------------------------------------- properties
     @property
     def xp(self):
