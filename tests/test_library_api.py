@@ -144,3 +144,28 @@ def test_a_layer_is_called_like_a_model_and_a_loss(backend):
     y = conv(x)
     assert np.array_equal(backend.to_numpy(y), backend.to_numpy(conv.forward(x)))
     conv.backward(backend.xp.ones_like(y))   # conv(x) recorded its output for backward
+
+
+@pytest.mark.parametrize("make, message", [
+    # before: TypeError: '<=' not supported between instances of 'str' and 'int'
+    (lambda: cnnx.schedules.Cosine("0.1", total_epochs=10), r"^Cosine: lr must be a number, got '0.1'$"),
+    # before: TypeError: '<=' not supported between instances of 'NoneType' and 'float'
+    (lambda: cnnx.schedules.Cosine(0.1, total_epochs=None),
+     r"^Cosine: total_epochs must be a number, got None$"),
+    (lambda: cnnx.schedules.StepDecay(0.1, 3, gamma="0.5"), r"^StepDecay: gamma must be a number"),
+    # before: accepted, the shift truncated to 1 pixel without a word
+    (lambda: cnnx.augment.Augment(shift=1.5),
+     r"^Augment: need a probability 0 <= flip <= 1 and a whole number of pixels shift >= 0, "
+     r"got flip=0.0, shift=1.5$"),
+    # before: TypeError: '<=' not supported between instances of 'int' and 'str'
+    (lambda: cnnx.augment.Augment(flip="0.5"), r"^Augment: need a probability .* got flip='0.5'"),
+])
+def test_schedules_and_augment_name_a_wrong_setting(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_repr_of_augment_shows_its_settings():
+    """Before: <cnnx.augment.Augment object at 0x7f...>."""
+    assert repr(cnnx.augment.Augment(0.5, 2)) == "Augment(flip=0.5, shift=2, fill=0.0)"
+    assert repr(cnnx.augment.Augment(fill=[0.1, 0.2])) == "Augment(flip=0.0, shift=0, fill=(0.1, 0.2))"
