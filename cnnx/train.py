@@ -126,7 +126,8 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         start_step: int = 0, on_batch=None, on_epoch=None, augment=None, schedule=None,
         patience: int | None = None, cuda_graph: bool = False):
     """Train ``model`` and return the history: one dict per epoch with ``epoch, train_loss,
-    train_accuracy, val_loss, val_accuracy, images_per_second, seconds``.
+    train_accuracy, val_loss, val_accuracy, images_per_second, seconds, lr`` (the accuracies
+    None for a regression loss, the validation entries None without ``validation``).
 
     ``start_epoch``/``start_step`` resume inside a run (the shuffle order is re-derived).
     ``on_batch(info)`` is called after every step with a dict (``epoch, step, steps, images,

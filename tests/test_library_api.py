@@ -4,6 +4,7 @@ traceback from deep inside, or a silent wrong answer."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -169,3 +170,12 @@ def test_repr_of_augment_shows_its_settings():
     """Before: <cnnx.augment.Augment object at 0x7f...>."""
     assert repr(cnnx.augment.Augment(0.5, 2)) == "Augment(flip=0.5, shift=2, fill=0.0)"
     assert repr(cnnx.augment.Augment(fill=[0.1, 0.2])) == "Augment(flip=0.0, shift=0, fill=(0.1, 0.2))"
+
+
+def test_the_history_has_the_keys_fit_documents():
+    model, loss, optimizer, x, y = _fit_args()
+    history = cnnx.fit(model, loss, optimizer, x, y, epochs=1, batch_size=2)
+    keys = re.search(r"one dict per epoch with ``([^`]+)``", cnnx.fit.__doc__).group(1)
+    documented = re.sub(r"\s+", " ", keys).split(", ")
+    assert sorted(history[0]) == sorted(documented)   # before: the docstring left out lr
+    assert history[0]["val_loss"] is None and history[0]["lr"] == 0.1
