@@ -65,15 +65,28 @@ class Optimizer:
         return f"{type(self).__name__}({settings})"
 
     def state_dict(self) -> dict:
-        """Host (NumPy) copies of the buffers plus the hyper-parameters, for checkpoints."""
+        """Host (NumPy) copies of the buffers plus the hyper-parameters and the optimizer's
+        type, for checkpoints."""
         backend = self.model.backend
-        return {**self.hyperparameters(),
+        return {"type": type(self).__name__, **self.hyperparameters(),
                 "buffers": {name: backend.to_numpy(v).copy() for name, v in self.state.items()}}
 
     def load_state_dict(self, state: dict, hyperparameters: bool = True) -> None:
         """Continue from ``state``: its buffers, and (unless ``hyperparameters`` is False:
         cnnx train --resume keeps the run's settings, which the command line may change) the
-        settings it was saved with; a setting the state lacks keeps its value here."""
+        settings it was saved with; a setting the state lacks keeps its value here. A state
+        of another optimizer type is refused: its buffers mean something else here."""
+        kind = type(self).__name__
+        if not isinstance(state, dict):
+            saved_without = (" (the checkpoint was saved without an optimizer: leave this one "
+                             "to start empty)" if state is None else "")
+            raise TypeError(f"{kind}: expected a state as state_dict() returns it, got a "
+                            f"{type(state).__name__}{saved_without}")
+        saved_type = state.get("type", kind)  # files before the type was saved: trusted
+        if saved_type != kind:
+            raise ValueError(f"{kind}: the state was saved from {saved_type}, whose buffers "
+                             f"mean something else here; continue with optim.{saved_type}(model) "
+                             f"or leave this {kind} to start empty")
         if hyperparameters:
             saved = {key: state[key] for key in self.hyperparameters() if key in state}
             # through the constructor, which checks them (and empties the buffers, loaded next)

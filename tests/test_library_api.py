@@ -179,3 +179,24 @@ def test_the_history_has_the_keys_fit_documents():
     documented = re.sub(r"\s+", " ", keys).split(", ")
     assert sorted(history[0]) == sorted(documented)   # before: the docstring left out lr
     assert history[0]["val_loss"] is None and history[0]["lr"] == 0.1
+
+
+def test_an_optimizer_refuses_a_state_it_cannot_continue(tmp_path):
+    """Before: an SGD took an Adam's state without a word (its .m and .v buffers, under no
+    name SGD reads, and Adam's lr), and a checkpoint saved without an optimizer gave
+    TypeError: argument of type 'NoneType' is not iterable."""
+    model, loss, _, x, y = _fit_args()
+    adam = cnnx.optim.Adam(model, lr=0.01)
+    cnnx.fit(model, loss, adam, x, y, batch_size=2)
+    with pytest.raises(ValueError, match=r"^SGD: the state was saved from Adam, whose buffers mean "
+                                         r"something else here; continue with optim.Adam\(model\) "
+                                         r"or leave this SGD to start empty$"):
+        cnnx.optim.SGD(model, momentum=0.9).load_state_dict(adam.state_dict())
+    ck = cnnx.checkpoint.load(cnnx.checkpoint.save(tmp_path / "c.npz", model))
+    with pytest.raises(TypeError, match=r"^Adam: expected a state as state_dict\(\) returns it, got "
+                                        r"a NoneType \(the checkpoint was saved without an optimizer"):
+        cnnx.optim.Adam(model).load_state_dict(ck.optimizer_state)
+    same = cnnx.optim.Adam(model)
+    state = adam.state_dict()
+    same.load_state_dict({k: v for k, v in state.items() if k != "type"})   # files before the type
+    assert same.steps == adam.steps == 2 and same.lr == 0.01
