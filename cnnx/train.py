@@ -179,6 +179,9 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
+    if not slices:
+        raise ValueError(f"fit: drop_last=True drops every batch: {x.shape[0]} training examples "
+                         f"make no full batch of {batch_size}; use a smaller batch_size")
     _check_last_batch(model, tuple(x.shape[1:]), slices, batch_size)
     if cuda_graph:
         from .graph import GraphedTrainStep

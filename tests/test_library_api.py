@@ -81,6 +81,10 @@ def _fit_args():
     # before: TypeError: Augment.plan() missing 1 required positional argument: 'backend'
     (lambda a: {"augment": cnnx.augment.Augment}, TypeError,
      r"^fit: augment must be an augment.Augment\(flip=..., shift=...\), got the class Augment"),
+    # before: IndexError: list index out of range
+    (lambda a: {"batch_size": 8, "drop_last": True}, ValueError,
+     r"^fit: drop_last=True drops every batch: 4 training examples make no full batch of 8; "
+     r"use a smaller batch_size$"),
 ])
 def test_fit_names_a_wrong_argument(change, error, message):
     model, loss, optimizer, x, y = _fit_args()
