@@ -87,10 +87,15 @@ def check_example_shape(model, x, name: str) -> None:
     """ValueError when the examples of the batch ``x`` are not shaped as ``model.input_shape``
     (images in NHWC for an NCHW model, one example without its batch axis), which a model
     that starts by flattening would otherwise take without a word."""
-    if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
-        raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
-                         f"the model expects {model.input_shape} (a batch of them: "
-                         f"(N, {', '.join(map(str, model.input_shape))}))")
+    expected, got = model.input_shape, tuple(x.shape[1:])
+    if expected is None or got == expected:
+        return
+    fix = f"a batch of them: (N, {', '.join(map(str, expected))})"
+    if len(expected) == 3 and got == expected[1:] + expected[:1]:
+        fix = "the images are channels-last: convert them with x.transpose(0, 3, 1, 2)"
+    elif len(expected) == 3 and expected[0] == 1 and got == expected[1:]:
+        fix = "the images have no channel axis: add it with x[:, None]"
+    raise ValueError(f"{name}: examples have shape {got}, the model expects {expected} ({fix})")
 
 
 def _explain_non_finite(backend, given, dtype, name: str):

@@ -22,8 +22,10 @@ def _flat_model(backend):
 
 @pytest.mark.parametrize("shape, message", [
     ((4, 2, 2, 3), r"prediction data: examples have shape \(2, 2, 3\), the model expects "
-                   r"\(3, 2, 2\) \(a batch of them: \(N, 3, 2, 2\)\)"),   # NHWC for NCHW
-    ((3, 2, 2), r"prediction data: examples have shape \(2, 2\)"),           # no batch axis
+                   r"\(3, 2, 2\) \(the images are channels-last: convert them with "
+                   r"x.transpose\(0, 3, 1, 2\)\)$"),                          # NHWC for NCHW
+    ((3, 2, 2), r"prediction data: examples have shape \(2, 2\), the model expects \(3, 2, 2\) "
+                r"\(a batch of them: \(N, 3, 2, 2\)\)$"),                     # no batch axis
 ])
 def test_predict_refuses_examples_of_another_shape(backend, shape, message):
     """Before: predict flattened NHWC images into the Dense layer and returned numbers
@@ -204,3 +206,26 @@ def test_an_optimizer_refuses_a_state_it_cannot_continue(tmp_path):
     state = adam.state_dict()
     same.load_state_dict({k: v for k, v in state.items() if k != "type"})   # files before the type
     assert same.steps == adam.steps == 2 and same.lr == 0.01
+
+
+def test_grayscale_images_without_a_channel_axis_are_told_how_to_add_it():
+    model = cnnx.Sequential([layers.Conv2D(1, 2, 3), layers.Flatten(), layers.Dense(2 * 4 * 4, 3)],
+                            input_shape=(1, 6, 6))
+    x = np.zeros((5, 6, 6), np.float32)
+    with pytest.raises(ValueError, match=r"^training data: examples have shape \(6, 6\), the model "
+                                         r"expects \(1, 6, 6\) \(the images have no channel axis: "
+                                         r"add it with x\[:, None\]\)$"):
+        cnnx.fit(model, cnnx.losses.SoftmaxCrossEntropy(), cnnx.optim.SGD(model), x, np.zeros(5, int))
+    cnnx.fit(model, cnnx.losses.SoftmaxCrossEntropy(), cnnx.optim.SGD(model), x[:, None],
+             np.zeros(5, int))
+
+
+def test_a_layer_given_channels_last_images_says_how_to_transpose_them(backend):
+    """Before: only "expected 3 input channels/features (axis 1), got 8 in shape (2, 8, 8, 3)"."""
+    conv = layers.Conv2D(3, 4, 3).to(backend)
+    x = backend.asarray(np.zeros((2, 8, 8, 3)), dtype="float32")
+    with pytest.raises(ValueError, match=r"^Conv2D: expected 3 input channels/features \(axis 1\), "
+                                         r"got 8 in shape \(2, 8, 8, 3\); it looks channels-last "
+                                         r"\(N, H, W, C\): convert it with x.transpose\(0, 3, 1, 2\)$"):
+        conv(x)
+    assert conv(x.transpose(0, 3, 1, 2)).shape == (2, 4, 6, 6)
