@@ -49,6 +49,8 @@ class Sequential:
             raise ValueError(f"Sequential: all layers must share one dtype, got {sorted(dtypes)}")
         self.dtype = dtypes.pop()
         self.input_shape = _example_shape(input_shape) if input_shape is not None else None
+        if not (is_int(seed) and seed >= 0):
+            raise ValueError(f"Sequential: seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self._outputs_per_example: dict = {}  # input shape -> count (outputs_per_example)
         if self.input_shape is not None:

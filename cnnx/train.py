@@ -155,8 +155,8 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
                         f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
                         f"fit(model, loss, optimizer, x, y, ...)")
-    if not is_int(seed):
-        raise ValueError(f"fit: seed must be an integer, got {seed!r}")
+    if not (is_int(seed) and seed >= 0):
+        raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
     if patience is not None:
         if not (is_int(patience) and patience >= 1):
             raise ValueError(f"patience must be an integer >= 1, got {patience!r}")

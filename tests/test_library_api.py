@@ -67,7 +67,7 @@ def _fit_args():
     # before: TypeError: 'float' object cannot be interpreted as an integer
     (lambda a: {"batch_size": 2.0}, ValueError, r"^batch_size must be a positive integer, got 2.0$"),
     # before: TypeError: object of type 'NoneType' has no len() (from NumPy's seeding)
-    (lambda a: {"seed": None}, ValueError, r"^fit: seed must be an integer, got None$"),
+    (lambda a: {"seed": None}, ValueError, r"^fit: seed must be an integer >= 0, got None$"),
     # before: trained the whole first epoch, then "patience must be >= 1, got 0"
     (lambda a: {"patience": 0, "validation": (a["x"], a["y"])}, ValueError,
      r"^patience must be an integer >= 1, got 0$"),
@@ -229,3 +229,20 @@ def test_a_layer_given_channels_last_images_says_how_to_transpose_them(backend):
                                          r"\(N, H, W, C\): convert it with x.transpose\(0, 3, 1, 2\)$"):
         conv(x)
     assert conv(x.transpose(0, 3, 1, 2)).shape == (2, 4, 6, 6)
+
+
+@pytest.mark.parametrize("make, message", [
+    # before: TypeError: int() argument must be ... not 'NoneType'
+    (lambda: cnnx.Sequential([layers.Dense(3, 2)], seed=None),
+     r"^Sequential: seed must be an integer >= 0, got None$"),
+    # before: accepted, truncated to 1 without a word
+    (lambda: layers.Dropout(0.5, seed=1.5), r"^Dropout: seed must be an integer >= 0, got 1.5$"),
+    # before: TypeError: SeedSequence expects int or sequence of ints for entropy not 1.5
+    (lambda: layers.Dense(3, 2, seed=1.5), r"^seed must be an integer >= 0, got 1.5$"),
+    # before: a fresh random seed each call, so a check that could not be repeated
+    (lambda: cnnx.gradcheck(layers.Tanh(dtype="float64"), np.ones((2, 2)), seed=None),
+     r"^seed must be an integer >= 0, got None$"),
+])
+def test_seeds_are_explicit_integers(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
