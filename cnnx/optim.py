@@ -22,6 +22,15 @@ def _setting(optimizer, name: str, value, low: float, high: float = math.inf,
     return float(value)
 
 
+def _how_to_wrap(layers) -> str:
+    """The hint for an optimizer given layers instead of a model: how to make one of them."""
+    if hasattr(layers, "params"):
+        return "; wrap it: cnnx.Sequential([layer])"
+    if isinstance(layers, (list, tuple)) and layers and all(hasattr(item, "params") for item in layers):
+        return "; wrap them: cnnx.Sequential(layers)"
+    return ""
+
+
 class Optimizer:
     """Base class: ``Optimizer(model, lr)`` updates every parameter of ``model`` (a
     ``Sequential``) from the gradients its last ``backward`` left in the layers' ``.grads``,
@@ -29,12 +38,9 @@ class Optimizer:
 
     def __init__(self, model, lr: float):
         if not (callable(getattr(model, "parameters", None)) and hasattr(model, "backend")):
-            wrap = ("; wrap it: cnnx.Sequential([layer])" if hasattr(model, "params")
-                    else "; wrap them: cnnx.Sequential(layers)"
-                    if isinstance(model, (list, tuple)) and model
-                    and all(hasattr(item, "params") for item in model) else "")
             raise TypeError(f"{type(self).__name__}: expected the model whose parameters it "
-                            f"updates (a cnnx.Sequential), got a {type(model).__name__}{wrap}")
+                            f"updates (a cnnx.Sequential), got a {type(model).__name__}"
+                            f"{_how_to_wrap(model)}")
         lr = _setting(self, "learning rate", lr, 0, low_open=True)
         self.model = model
         self.lr = float(lr)

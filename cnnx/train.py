@@ -12,11 +12,9 @@ import time
 from functools import partial
 
 from . import config
-from .augment import Augment
 from .backends import make_rng
 from .layers import BatchNorm1D, BatchNorm2D
-from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
-from .optim import Optimizer
+from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
 from .shapes import is_int
 
 #: How often (in steps) ``fit`` reads the running loss on the host to notice a divergence
@@ -148,38 +146,12 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     Raises TrainingDiverged when the training loss becomes NaN or infinite: it is read on the
     host every ``FINITE_CHECK_STEPS`` steps and at the end of each epoch, before ``on_epoch``.
     """
-    if not (is_int(epochs) and epochs >= 0):
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    check_loss(loss, "fit(model, loss, optimizer, x, y, ...)")
-    if not isinstance(optimizer, Optimizer):
-        raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
-                        f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
-                        f"fit(model, loss, optimizer, x, y, ...)")
-    if not (is_int(seed) and seed >= 0):
-        raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
-    if patience is not None:
-        if not (is_int(patience) and patience >= 1):
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        if validation is None:  # it would never stop early, without a word
-            raise ValueError("fit: patience stops on the validation loss; pass "
-                             "validation=(x_val, y_val) too")
-    if schedule is not None and not callable(schedule):
-        raise TypeError(f"fit: schedule must map epochs to a learning rate, such as "
-                        f"schedules.Cosine(0.05, total_epochs=10), got {_what(schedule)}; for "
-                        f"a constant rate set the optimizer's lr")
-    if augment is not None and not isinstance(augment, Augment):
-        raise TypeError(f"fit: augment must be an augment.Augment(flip=..., shift=...), got "
-                        f"{_what(augment)}")
-    if getattr(optimizer, "model", model) is not model:
-        raise ValueError("fit: the optimizer updates another model's parameters; build it for "
-                         "this one, e.g. optim.SGD(model, lr=0.01)")
+    _check_fit_arguments(model, loss, optimizer, epochs, validation, seed, augment, schedule,
+                         patience)
     x, y = prepare(model, x, y, "training data")
     loss.to(model.backend)
     _check_targets(model, loss, x[:1], y, "training data")
     if validation is not None:
-        if not (isinstance(validation, (tuple, list)) and len(validation) == 2):
-            raise ValueError(f"fit: validation must be a pair (x_val, y_val), got "
-                             f"{_what(validation)}")
         validation = prepare(model, *validation, name="validation data")
         _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
@@ -218,6 +190,42 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     return history
 
 
+def _check_fit_arguments(model, loss, optimizer, epochs, validation, seed, augment, schedule,
+                         patience) -> None:
+    """One line, before anything trains, for an argument of ``fit`` that is not what it takes
+    (a class where an object belongs, a loss and optimizer swapped, a float where a count
+    belongs, patience without a validation set to be patient about)."""
+    if not (is_int(epochs) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    check_loss(loss, "fit(model, loss, optimizer, x, y, ...)")
+    if isinstance(optimizer, type) or not (callable(getattr(optimizer, "step", None))
+                                           and hasattr(optimizer, "lr")):
+        raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
+                        f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
+                        f"fit(model, loss, optimizer, x, y, ...)")
+    if getattr(optimizer, "model", model) is not model:
+        raise ValueError("fit: the optimizer updates another model's parameters; build it for "
+                         "this one, e.g. optim.SGD(model, lr=0.01)")
+    if validation is not None and not (isinstance(validation, (tuple, list))
+                                       and len(validation) == 2):
+        raise ValueError(f"fit: validation must be a pair (x_val, y_val), got {_what(validation)}")
+    if not (is_int(seed) and seed >= 0):
+        raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
+    if patience is not None:
+        if not (is_int(patience) and patience >= 1):
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if validation is None:  # it would never stop early, without a word
+            raise ValueError("fit: patience stops on the validation loss; pass "
+                             "validation=(x_val, y_val) too")
+    if schedule is not None and (isinstance(schedule, type) or not callable(schedule)):
+        raise TypeError(f"fit: schedule must map epochs to a learning rate, such as "
+                        f"schedules.Cosine(0.05, total_epochs=10), got {_what(schedule)}; for "
+                        f"a constant rate set the optimizer's lr")
+    if augment is not None and (isinstance(augment, type) or not hasattr(augment, "plan")):
+        raise TypeError(f"fit: augment must be an augment.Augment(flip=..., shift=...), got "
+                        f"{_what(augment)}")
+
+
 def _what(value) -> str:
     """How an error names a wrong argument: a class by its name, anything else by its type."""
     if isinstance(value, type):
@@ -226,9 +234,11 @@ def _what(value) -> str:
 
 
 def check_loss(loss, call: str) -> None:
-    """TypeError unless ``loss`` is a cnnx loss object (not its class, not the optimizer);
-    ``call`` is the signature the message recalls, ``"evaluate(model, loss, x, y)"``."""
-    if not isinstance(loss, Loss):
+    """TypeError unless ``loss`` is a loss object (not its class, not the optimizer): one with
+    ``to``, ``forward`` and ``backward``, as a ``Loss`` has; ``call`` is the signature the
+    message recalls, ``"evaluate(model, loss, x, y)"``."""
+    if isinstance(loss, type) or not all(callable(getattr(loss, method, None))
+                                         for method in ("to", "forward", "backward")):
         raise TypeError(f"{call.partition('(')[0]}: loss must be a cnnx loss object, such as "
                         f"losses.SoftmaxCrossEntropy(), got {_what(loss)}; the arguments are "
                         f"{call}")

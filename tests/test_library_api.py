@@ -246,3 +246,20 @@ def test_a_layer_given_channels_last_images_says_how_to_transpose_them(backend):
 def test_seeds_are_explicit_integers(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_fit_takes_an_optimizer_of_ones_own_that_is_no_subclass():
+    """The argument checks look for what fit uses (step, lr), not for cnnx's classes: a
+    researcher's own optimizer trains."""
+    class PlainSGD:
+        def __init__(self, model, lr):
+            self.model, self.lr = model, lr
+
+        def step(self):
+            for _, layer, key in self.model.parameters():
+                layer.params[key] -= self.lr * layer.grads[key]
+
+    model, loss, _, x, y = _fit_args()
+    before = model.state_dict()["1.W"]
+    history = cnnx.fit(model, loss, PlainSGD(model, 0.1), x, y, epochs=2, batch_size=2)
+    assert len(history) == 2 and not np.array_equal(model.state_dict()["1.W"], before)
