@@ -24,7 +24,8 @@ class Sequential:
     ``layers``: cnnx layers (instances of ``cnnx.layers.Layer``), run in order.
     ``input_shape`` (one example as a tuple: ``(1, 28, 28)`` for images, ``(784,)`` for
     features; a bare int is refused) enables shape inference: every layer's output shape is
-    computed at construction, so a mismatch is reported before any data flows.
+    computed at construction, so a mismatch is reported before any data flows; ``forward``
+    then refuses a batch of examples of another shape (channels-last images, say).
     Parameters are (re)drawn from ``seed``, which wins over the layers' own ``seed=`` (one
     number reproduces the whole model, dropout masks included): with the scheme a layer was
     built with (``init="xavier"``), else He init for layers feeding a ReLU and Xavier otherwise.
@@ -112,6 +113,8 @@ class Sequential:
         return self.layers[0].backend
 
     def forward(self, x):
+        if self.input_shape is not None and hasattr(x, "shape"):  # else the first layer says
+            check_example_shape(self, x, "Sequential.forward")
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -229,6 +232,21 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def check_example_shape(model, x, name: str) -> None:
+    """ValueError when the examples of the batch ``x`` are not shaped as ``model.input_shape``
+    (images in NHWC for an NCHW model, one example without its batch axis), which a model
+    that starts by flattening would otherwise take without a word. ``name`` says whose."""
+    expected, got = model.input_shape, tuple(x.shape[1:])
+    if expected is None or got == expected:
+        return
+    fix = f"a batch of them: (N, {', '.join(map(str, expected))})"
+    if len(expected) == 3 and got == expected[1:] + expected[:1]:
+        fix = "the images are channels-last: convert them with x.transpose(0, 3, 1, 2)"
+    elif len(expected) == 3 and expected[0] == 1 and got == expected[1:]:
+        fix = "the images have no channel axis: add it with x[:, None]"
+    raise ValueError(f"{name}: examples have shape {got}, the model expects {expected} ({fix})")
 
 
 def _example_shape(input_shape) -> tuple:

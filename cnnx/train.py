@@ -14,6 +14,7 @@ from functools import partial
 from . import config
 from .backends import make_rng
 from .layers import BatchNorm1D, BatchNorm2D
+from .model import check_example_shape
 from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
 from .shapes import is_int
 
@@ -79,21 +80,6 @@ def prepare(model, x, y, name: str = "data"):
         raise ValueError(f"{name}: targets contain NaN or inf")
     check_example_shape(model, x, name)
     return x, y
-
-
-def check_example_shape(model, x, name: str) -> None:
-    """ValueError when the examples of the batch ``x`` are not shaped as ``model.input_shape``
-    (images in NHWC for an NCHW model, one example without its batch axis), which a model
-    that starts by flattening would otherwise take without a word."""
-    expected, got = model.input_shape, tuple(x.shape[1:])
-    if expected is None or got == expected:
-        return
-    fix = f"a batch of them: (N, {', '.join(map(str, expected))})"
-    if len(expected) == 3 and got == expected[1:] + expected[:1]:
-        fix = "the images are channels-last: convert them with x.transpose(0, 3, 1, 2)"
-    elif len(expected) == 3 and expected[0] == 1 and got == expected[1:]:
-        fix = "the images have no channel axis: add it with x[:, None]"
-    raise ValueError(f"{name}: examples have shape {got}, the model expects {expected} ({fix})")
 
 
 def _explain_non_finite(backend, given, dtype, name: str):

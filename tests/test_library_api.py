@@ -263,3 +263,16 @@ def test_fit_takes_an_optimizer_of_ones_own_that_is_no_subclass():
     before = model.state_dict()["1.W"]
     history = cnnx.fit(model, loss, PlainSGD(model, 0.1), x, y, epochs=2, batch_size=2)
     assert len(history) == 2 and not np.array_equal(model.state_dict()["1.W"], before)
+
+
+def test_a_model_with_an_input_shape_refuses_other_examples_in_forward(backend):
+    """A hand-written training loop calls model(x) directly; before, a model that starts by
+    flattening took channels-last images without a word (its Conv2D-first sibling refused
+    them only by the channel count)."""
+    model = _flat_model(backend)
+    x = backend.asarray(np.zeros((4, 2, 2, 3)), dtype="float32")
+    with pytest.raises(ValueError, match=r"^Sequential.forward: examples have shape \(2, 2, 3\), the "
+                                         r"model expects \(3, 2, 2\) \(the images are channels-last: "
+                                         r"convert them with x.transpose\(0, 3, 1, 2\)\)$"):
+        model(x)
+    assert model(x.transpose(0, 3, 1, 2)).shape == (4, 3)
