@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 
+from .layers.base import is_number
+from .shapes import is_int
+
 
 class Augment:
     """Random horizontal flips (probability ``flip``) and random translations of up to
@@ -20,8 +23,9 @@ class Augment:
     """
 
     def __init__(self, flip: float = 0.0, shift: int = 0, fill=0.0):
-        if not 0 <= flip <= 1 or shift < 0:
-            raise ValueError(f"Augment: need 0 <= flip <= 1 and shift >= 0, got {flip}, {shift}")
+        if not (is_number(flip) and 0 <= flip <= 1 and is_int(shift) and shift >= 0):
+            raise ValueError(f"Augment: need a probability 0 <= flip <= 1 and a whole number of "
+                             f"pixels shift >= 0, got flip={flip!r}, shift={shift!r}")
         fill = tuple(float(v) for v in (fill if hasattr(fill, "__len__") else [fill]))
         if not fill or not all(math.isfinite(v) for v in fill):
             raise ValueError(f"Augment: fill must be a finite number or one per channel, got {fill}")
@@ -29,6 +33,10 @@ class Augment:
 
     def config(self) -> dict:
         return {"flip": self.flip, "shift": self.shift, "fill": list(self.fill)}
+
+    def __repr__(self) -> str:
+        fill = self.fill[0] if len(self.fill) == 1 else self.fill
+        return f"Augment(flip={self.flip!r}, shift={self.shift!r}, fill={fill!r})"
 
     def plan(self, n: int, rng, backend):
         """Random parameters for n examples: (flip flags, row shifts, column shifts)."""

@@ -40,8 +40,11 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit; the message is one line."""
 
 
-@dataclass
+@dataclass(repr=False)  # the generated repr would print every weight
 class Checkpoint:
+    """A loaded checkpoint (``load``): its header, weights and optimizer state as NumPy arrays;
+    ``build_model()`` rebuilds the model."""
+
     path: Path
     header: dict
     model_state: dict
@@ -71,6 +74,11 @@ class Checkpoint:
     @property
     def metrics(self) -> list:
         return list(self.header.get("metrics", []))
+
+    def __repr__(self) -> str:
+        return (f"Checkpoint({str(self.path)!r}, epoch={self.epoch}, step={self.step}, "
+                f"layers={len(self.spec)}, input_shape={self.input_shape}, dtype={self.dtype!r}, "
+                f"optimizer_state={self.optimizer_state is not None})")
 
     def build_model(self, device="cpu", seed: int | None = None):
         """The model this checkpoint was saved from, with its weights and buffers, on
@@ -112,6 +120,10 @@ def save(path, model, optimizer=None, *, epoch: int = 0, step: int = 0, order=No
     caller has it already."""
     from . import __version__
 
+    if not hasattr(model, "spec"):
+        raise TypeError(_wrong_argument("model", "a cnnx Sequential", model))
+    if optimizer is not None and not hasattr(optimizer, "hyperparameters"):
+        raise TypeError(_wrong_argument("optimizer", "a cnnx optimizer or None", optimizer))
     clash = sorted(set(HEADER_FROM_THE_MODEL) & set(info))
     if clash:
         raise ValueError(f"checkpoint.save: {', '.join(clash)} {'is' if len(clash) == 1 else 'are'}"
@@ -132,6 +144,11 @@ def save(path, model, optimizer=None, *, epoch: int = 0, step: int = 0, order=No
         raise ValueError(f"checkpoint header is not JSON-able: {exc}") from None
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     return write_npz_atomic(path, arrays)
+
+
+def _wrong_argument(name: str, expected: str, value) -> str:
+    return (f"checkpoint.save: {name} must be {expected}, got a {type(value).__name__}; the "
+            f"arguments are save(path, model, optimizer=None, ...)")
 
 
 def write_npz_atomic(path, arrays: dict) -> Path:

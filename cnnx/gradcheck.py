@@ -162,7 +162,8 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = DEFAULT_
 
     - A layer (or a Sequential) without ``loss``: J = Σ forward(x) ⊙ u for a fixed random u,
       so dJ/dy = u exercises every output.
-    - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y).
+    - A layer or Sequential with ``loss`` and targets ``y``: J = loss(forward(x), y) (one of
+      the two without the other is refused).
     - A Loss object: J = target(x, y), gradient w.r.t. the predictions ``x``.
     ``max_elements`` checks a random subset of that many elements per array (for big models),
     relative to the largest analytic gradient of the whole array.
@@ -172,6 +173,7 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = DEFAULT_
     the buffers as they were (running statistics, Dropout's call counter), and they end so;
     the gradients (``.grads``) are those of the check.
     """
+    _check_arguments(target, y, loss)
     rng = make_rng(seed)
     layers = [] if isinstance(target, Loss) else getattr(target, "layers", [target])
     with _buffers_restored(layers) as restore_buffers:
@@ -204,6 +206,28 @@ def gradcheck(target, x, y=None, loss: Loss | None = None, eps: float = DEFAULT_
             numeric = _closest_across_kinks(objective, array, got, numeric, indices, eps, floor)
             errors[name] = relative_error(got, numeric, floor, analytic_max)
     return errors
+
+
+def _check_arguments(target, y, loss) -> None:
+    """One line for what gradcheck cannot check, before anything runs: a class instead of an
+    object, something that is no layer, model or loss, and targets without a loss to use
+    them on (or a loss without targets), which would check another objective than meant."""
+    if isinstance(target, type):
+        raise TypeError(f"gradcheck: got the class {target.__name__}; pass an object built in "
+                        f"float64, such as {target.__name__}(..., dtype='float64')")
+    if isinstance(target, Loss):
+        if y is None:
+            raise ValueError(f"gradcheck: checking the loss {target.name} needs its targets: "
+                             f"gradcheck(loss, predictions, y)")
+        return
+    if not (callable(getattr(target, "forward", None)) and callable(getattr(target, "backward", None))):
+        raise TypeError(f"gradcheck: expected a layer, a Sequential or a loss, got a "
+                        f"{type(target).__name__}")
+    if (y is None) != (loss is None):
+        given, missing = ("targets y", "loss=") if loss is None else ("loss=", "targets y")
+        raise ValueError(f"gradcheck: {given} given without {missing}; a model is checked on "
+                         f"loss(forward(x), y) with both, gradcheck(model, x, y, loss=...), "
+                         f"or on a fixed random projection of its output with neither")
 
 
 @contextmanager

@@ -13,6 +13,9 @@ from .layers.activation import sigmoid
 
 
 class Loss:
+    """Base class: ``forward(pred, target)`` returns the loss (a 0-d array) and keeps what
+    ``backward()`` needs to return dL/d(pred); calling the loss is its forward."""
+
     def __init__(self):
         self._cache = None
         self.backend = None  # set by .to(); None: found from the predictions' array type
@@ -26,6 +29,9 @@ class Loss:
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{self.name}()"
 
     def __call__(self, pred, target):
         return self.forward(pred, target)
@@ -57,8 +63,12 @@ class Loss:
 
     def _same_shape(self, pred, target, what):
         if tuple(target.shape) != tuple(pred.shape):
+            # (N,) targets for (N, 1) predictions, say: the same numbers, another shape
+            only_axes_of_one = ([d for d in target.shape if d != 1]
+                                == [d for d in pred.shape if d != 1])
+            hint = f"; reshape it: target.reshape{tuple(pred.shape)}" if only_axes_of_one else ""
             raise ValueError(f"{self.name}: {what} shape {tuple(target.shape)} does not match "
-                             f"predictions {tuple(pred.shape)}")
+                             f"predictions {tuple(pred.shape)}{hint}")
 
 
 class SoftmaxCrossEntropy(Loss):
@@ -85,6 +95,10 @@ class SoftmaxCrossEntropy(Loss):
                                  f"from {bad.min()} to {bad.max()}")
             loss, grad = backend.softmax_cross_entropy(logits, target)
         else:
+            if target.shape == (batch, 1) and classes != 1:  # labels as a column, not one-hot
+                raise ValueError(f"{self.name}: targets of shape {tuple(target.shape)} for "
+                                 f"{classes} classes: give integer labels as a vector of shape "
+                                 f"({batch},), e.g. y.ravel(), or one-hot rows ({batch}, {classes})")
             self._same_shape(logits, target, "one-hot target")
             target = target.astype(logits.dtype, copy=False)
             if config.check_finite and bool((target < 0).any()):

@@ -24,13 +24,17 @@ class Sequential:
     ``layers``: cnnx layers (instances of ``cnnx.layers.Layer``), run in order.
     ``input_shape`` (one example as a tuple: ``(1, 28, 28)`` for images, ``(784,)`` for
     features; a bare int is refused) enables shape inference: every layer's output shape is
-    computed at construction, so a mismatch is reported before any data flows.
+    computed at construction, so a mismatch is reported before any data flows; ``forward``
+    then refuses a batch of examples of another shape (channels-last images, say).
     Parameters are (re)drawn from ``seed``, which wins over the layers' own ``seed=`` (one
     number reproduces the whole model, dropout masks included): with the scheme a layer was
     built with (``init="xavier"``), else He init for layers feeding a ReLU and Xavier otherwise.
     """
 
     def __init__(self, layers, input_shape=None, seed: int = 0):
+        if isinstance(layers, Layer) or not hasattr(layers, "__iter__"):
+            raise TypeError(f"Sequential: takes a list of layers, got a {type(layers).__name__}; "
+                            f"write Sequential([layer1, layer2, ...])")
         self.layers = list(layers)
         if not self.layers:
             raise ValueError("Sequential: needs at least one layer")
@@ -46,6 +50,8 @@ class Sequential:
             raise ValueError(f"Sequential: all layers must share one dtype, got {sorted(dtypes)}")
         self.dtype = dtypes.pop()
         self.input_shape = _example_shape(input_shape) if input_shape is not None else None
+        if not (is_int(seed) and seed >= 0):
+            raise ValueError(f"Sequential: seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self._outputs_per_example: dict = {}  # input shape -> count (outputs_per_example)
         if self.input_shape is not None:
@@ -107,6 +113,8 @@ class Sequential:
         return self.layers[0].backend
 
     def forward(self, x):
+        if self.input_shape is not None and hasattr(x, "shape"):  # else the first layer says
+            check_example_shape(self, x, "Sequential.forward")
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -169,6 +177,13 @@ class Sequential:
                 for name, layer, group, key in self._state_arrays()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Copy ``state`` (``{name: array}``, as ``state_dict()`` returns it, or a checkpoint's
+        ``model_state``) into the parameters and buffers; ValueError naming what does not fit."""
+        if not isinstance(state, dict):
+            hint = ("; pass its model_state: model.load_state_dict(ck.model_state)"
+                    if hasattr(state, "model_state") else "")
+            raise TypeError(f"load_state_dict: expected a dict {{name: array}} as state_dict() "
+                            f"returns, got a {type(state).__name__}{hint}")
         entries = self._state_arrays()
         expected = {name: getattr(layer, group)[key] for name, layer, group, key in entries}
         missing = sorted(set(expected) - set(state))
@@ -177,6 +192,9 @@ class Sequential:
             raise ValueError(f"state does not fit this model: missing {missing}, unexpected {extra}")
         for name, layer, group, key in entries:
             value = state[name]
+            if not hasattr(value, "shape"):
+                raise ValueError(f"state does not fit this model: {name} is a "
+                                 f"{type(value).__name__}, not an array")
             if tuple(value.shape) != tuple(expected[name].shape):
                 raise ValueError(f"state does not fit this model: {name} has shape "
                                  f"{tuple(value.shape)}, the model needs {tuple(expected[name].shape)}")
@@ -214,6 +232,21 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ",\n  ".join(repr(layer) for layer in self.layers)
         return f"Sequential(\n  {inner}\n)"
+
+
+def check_example_shape(model, x, name: str) -> None:
+    """ValueError when the examples of the batch ``x`` are not shaped as ``model.input_shape``
+    (images in NHWC for an NCHW model, one example without its batch axis), which a model
+    that starts by flattening would otherwise take without a word. ``name`` says whose."""
+    expected, got = model.input_shape, tuple(x.shape[1:])
+    if expected is None or got == expected:
+        return
+    fix = f"a batch of them: (N, {', '.join(map(str, expected))})"
+    if len(expected) == 3 and got == expected[1:] + expected[:1]:
+        fix = "the images are channels-last: convert them with x.transpose(0, 3, 1, 2)"
+    elif len(expected) == 3 and expected[0] == 1 and got == expected[1:]:
+        fix = "the images have no channel axis: add it with x[:, None]"
+    raise ValueError(f"{name}: examples have shape {got}, the model expects {expected} ({fix})")
 
 
 def _example_shape(input_shape) -> tuple:

@@ -22,8 +22,25 @@ def _setting(optimizer, name: str, value, low: float, high: float = math.inf,
     return float(value)
 
 
+def _how_to_wrap(layers) -> str:
+    """The hint for an optimizer given layers instead of a model: how to make one of them."""
+    if hasattr(layers, "params"):
+        return "; wrap it: cnnx.Sequential([layer])"
+    if isinstance(layers, (list, tuple)) and layers and all(hasattr(item, "params") for item in layers):
+        return "; wrap them: cnnx.Sequential(layers)"
+    return ""
+
+
 class Optimizer:
+    """Base class: ``Optimizer(model, lr)`` updates every parameter of ``model`` (a
+    ``Sequential``) from the gradients its last ``backward`` left in the layers' ``.grads``,
+    one ``step()`` at a time. ``lr`` may be changed between steps (schedules do)."""
+
     def __init__(self, model, lr: float):
+        if not (callable(getattr(model, "parameters", None)) and hasattr(model, "backend")):
+            raise TypeError(f"{type(self).__name__}: expected the model whose parameters it "
+                            f"updates (a cnnx.Sequential), got a {type(model).__name__}"
+                            f"{_how_to_wrap(model)}")
         lr = _setting(self, "learning rate", lr, 0, low_open=True)
         self.model = model
         self.lr = float(lr)
@@ -48,16 +65,34 @@ class Optimizer:
         """The constructor's settings, by keyword."""
         return {"lr": self.lr}
 
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={tuple(value) if isinstance(value, list) else value!r}"
+                             for key, value in self.hyperparameters().items())
+        return f"{type(self).__name__}({settings})"
+
     def state_dict(self) -> dict:
-        """Host (NumPy) copies of the buffers plus the hyper-parameters, for checkpoints."""
+        """Host (NumPy) copies of the buffers plus the hyper-parameters and the optimizer's
+        type, for checkpoints."""
         backend = self.model.backend
-        return {**self.hyperparameters(),
+        return {"type": type(self).__name__, **self.hyperparameters(),
                 "buffers": {name: backend.to_numpy(v).copy() for name, v in self.state.items()}}
 
     def load_state_dict(self, state: dict, hyperparameters: bool = True) -> None:
         """Continue from ``state``: its buffers, and (unless ``hyperparameters`` is False:
         cnnx train --resume keeps the run's settings, which the command line may change) the
-        settings it was saved with; a setting the state lacks keeps its value here."""
+        settings it was saved with; a setting the state lacks keeps its value here. A state
+        of another optimizer type is refused: its buffers mean something else here."""
+        kind = type(self).__name__
+        if not isinstance(state, dict):
+            saved_without = (" (the checkpoint was saved without an optimizer: leave this one "
+                             "to start empty)" if state is None else "")
+            raise TypeError(f"{kind}: expected a state as state_dict() returns it, got a "
+                            f"{type(state).__name__}{saved_without}")
+        saved_type = state.get("type", kind)  # files before the type was saved: trusted
+        if saved_type != kind:
+            raise ValueError(f"{kind}: the state was saved from {saved_type}, whose buffers "
+                             f"mean something else here; continue with optim.{saved_type}(model) "
+                             f"or leave this {kind} to start empty")
         if hyperparameters:
             saved = {key: state[key] for key in self.hyperparameters() if key in state}
             # through the constructor, which checks them (and empties the buffers, loaded next)

@@ -5,9 +5,20 @@ from __future__ import annotations
 
 import math
 
+from .layers.base import is_number
+
+
+def _number(schedule, name: str, value) -> float:
+    """``value`` as a float when it is a finite real number, else a one-line ValueError naming
+    the schedule and the argument (a string or None would fail in a comparison instead)."""
+    if not (is_number(value) and math.isfinite(value)):
+        raise ValueError(f"{type(schedule).__name__}: {name} must be a number, got {value!r}")
+    return float(value)
+
 
 class Schedule:
     def __init__(self, lr: float, warmup_epochs: float = 0.0):
+        lr, warmup_epochs = _number(self, "lr", lr), _number(self, "warmup_epochs", warmup_epochs)
         if lr <= 0 or warmup_epochs < 0:
             raise ValueError(f"{type(self).__name__}: need lr > 0 and warmup >= 0, "
                              f"got lr={lr}, warmup={warmup_epochs}")
@@ -34,6 +45,7 @@ class StepDecay(Schedule):
 
     def __init__(self, lr, step_epochs: float, gamma: float = 0.1, warmup_epochs: float = 0.0):
         super().__init__(lr, warmup_epochs)
+        step_epochs, gamma = _number(self, "step_epochs", step_epochs), _number(self, "gamma", gamma)
         if step_epochs <= 0 or not 0 < gamma <= 1:
             raise ValueError(f"StepDecay: need step_epochs > 0 and 0 < gamma <= 1, got "
                              f"step_epochs={step_epochs}, gamma={gamma}")
@@ -52,6 +64,8 @@ class Cosine(Schedule):
     def __init__(self, lr, total_epochs: float, warmup_epochs: float = 0.0,
                  final_fraction: float = 0.0):
         super().__init__(lr, warmup_epochs)
+        total_epochs = _number(self, "total_epochs", total_epochs)
+        final_fraction = _number(self, "final_fraction", final_fraction)
         if total_epochs <= warmup_epochs:
             raise ValueError("Cosine: total_epochs must exceed warmup_epochs")
         if not 0 <= final_fraction <= 1:

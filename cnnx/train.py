@@ -14,7 +14,9 @@ from functools import partial
 from . import config
 from .backends import make_rng
 from .layers import BatchNorm1D, BatchNorm2D
+from .model import check_example_shape
 from .losses import BinaryCrossEntropy, SoftmaxCrossEntropy
+from .shapes import is_int
 
 #: How often (in steps) ``fit`` reads the running loss on the host to notice a divergence
 #: early; on a GPU each read waits for the steps before it, so not every step.
@@ -44,8 +46,8 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True):
 
 def batch_slices(n: int, batch_size: int, drop_last: bool):
     """``[(start, stop)]`` of each mini-batch; a last, smaller batch is dropped if asked."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not (is_int(batch_size) and batch_size > 0):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     slices = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     if drop_last and slices and slices[-1][1] - slices[-1][0] < batch_size:
         slices.pop()
@@ -76,9 +78,7 @@ def prepare(model, x, y, name: str = "data"):
         _explain_non_finite(backend, given, model.dtype, name)
     if y.dtype.kind == "f" and not bool(backend.xp.isfinite(y).all()):
         raise ValueError(f"{name}: targets contain NaN or inf")
-    if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
-        raise ValueError(f"{name}: examples have shape {tuple(x.shape[1:])}, "
-                         f"the model expects {model.input_shape}")
+    check_example_shape(model, x, name)
     return x, y
 
 
@@ -115,7 +115,8 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         start_step: int = 0, on_batch=None, on_epoch=None, augment=None, schedule=None,
         patience: int | None = None, cuda_graph: bool = False):
     """Train ``model`` and return the history: one dict per epoch with ``epoch, train_loss,
-    train_accuracy, val_loss, val_accuracy, images_per_second, seconds``.
+    train_accuracy, val_loss, val_accuracy, images_per_second, seconds, lr`` (the accuracies
+    None for a regression loss, the validation entries None without ``validation``).
 
     ``start_epoch``/``start_step`` resume inside a run (the shuffle order is re-derived).
     ``on_batch(info)`` is called after every step with a dict (``epoch, step, steps, images,
@@ -124,17 +125,15 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     ``augment``: an ``cnnx.augment.Augment`` applied to each training batch.
     ``schedule(progress_in_epochs) -> lr`` sets the optimizer's rate before every step.
     ``patience``: stop when the validation loss has not improved for that many epochs
-    (early stopping; the caller keeps the best checkpoint, e.g. from ``on_epoch``).
+    (early stopping, so it needs ``validation``; the caller keeps the best checkpoint, e.g.
+    from ``on_epoch``).
     ``cuda_graph``: replay each full-size step from a CUDA graph (cnnx/graph.py; CUDA only).
 
     Raises TrainingDiverged when the training loss becomes NaN or infinite: it is read on the
     host every ``FINITE_CHECK_STEPS`` steps and at the end of each epoch, before ``on_epoch``.
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if getattr(optimizer, "model", model) is not model:
-        raise ValueError("fit: the optimizer updates another model's parameters; build it for "
-                         "this one, e.g. optim.SGD(model, lr=0.01)")
+    _check_fit_arguments(model, loss, optimizer, epochs, validation, seed, augment, schedule,
+                         patience)
     x, y = prepare(model, x, y, "training data")
     loss.to(model.backend)
     _check_targets(model, loss, x[:1], y, "training data")
@@ -143,6 +142,9 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
         _check_targets(model, loss, validation[0][:1], validation[1], "validation data")
     history = []
     slices = batch_slices(x.shape[0], batch_size, drop_last)
+    if not slices:
+        raise ValueError(f"fit: drop_last=True drops every batch: {x.shape[0]} training examples "
+                         f"make no full batch of {batch_size}; use a smaller batch_size")
     _check_last_batch(model, tuple(x.shape[1:]), slices, batch_size)
     if cuda_graph:
         from .graph import GraphedTrainStep
@@ -174,6 +176,60 @@ def fit(model, loss, optimizer, x, y, epochs: int = 1, batch_size: int = 64, val
     return history
 
 
+def _check_fit_arguments(model, loss, optimizer, epochs, validation, seed, augment, schedule,
+                         patience) -> None:
+    """One line, before anything trains, for an argument of ``fit`` that is not what it takes
+    (a class where an object belongs, a loss and optimizer swapped, a float where a count
+    belongs, patience without a validation set to be patient about)."""
+    if not (is_int(epochs) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    check_loss(loss, "fit(model, loss, optimizer, x, y, ...)")
+    if isinstance(optimizer, type) or not (callable(getattr(optimizer, "step", None))
+                                           and hasattr(optimizer, "lr")):
+        raise TypeError(f"fit: optimizer must be a cnnx optimizer built for the model, such as "
+                        f"optim.SGD(model, lr=0.01), got {_what(optimizer)}; the arguments are "
+                        f"fit(model, loss, optimizer, x, y, ...)")
+    if getattr(optimizer, "model", model) is not model:
+        raise ValueError("fit: the optimizer updates another model's parameters; build it for "
+                         "this one, e.g. optim.SGD(model, lr=0.01)")
+    if validation is not None and not (isinstance(validation, (tuple, list))
+                                       and len(validation) == 2):
+        raise ValueError(f"fit: validation must be a pair (x_val, y_val), got {_what(validation)}")
+    if not (is_int(seed) and seed >= 0):
+        raise ValueError(f"fit: seed must be an integer >= 0, got {seed!r}")
+    if patience is not None:
+        if not (is_int(patience) and patience >= 1):
+            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if validation is None:  # it would never stop early, without a word
+            raise ValueError("fit: patience stops on the validation loss; pass "
+                             "validation=(x_val, y_val) too")
+    if schedule is not None and (isinstance(schedule, type) or not callable(schedule)):
+        raise TypeError(f"fit: schedule must map epochs to a learning rate, such as "
+                        f"schedules.Cosine(0.05, total_epochs=10), got {_what(schedule)}; for "
+                        f"a constant rate set the optimizer's lr")
+    if augment is not None and (isinstance(augment, type) or not hasattr(augment, "plan")):
+        raise TypeError(f"fit: augment must be an augment.Augment(flip=..., shift=...), got "
+                        f"{_what(augment)}")
+
+
+def _what(value) -> str:
+    """How an error names a wrong argument: a class by its name, anything else by its type."""
+    if isinstance(value, type):
+        return f"the class {value.__name__} (call it: {value.__name__}(...))"
+    return f"a {type(value).__name__}"
+
+
+def check_loss(loss, call: str) -> None:
+    """TypeError unless ``loss`` is a loss object (not its class, not the optimizer): one with
+    ``to``, ``forward`` and ``backward``, as a ``Loss`` has; ``call`` is the signature the
+    message recalls, ``"evaluate(model, loss, x, y)"``."""
+    if isinstance(loss, type) or not all(callable(getattr(loss, method, None))
+                                         for method in ("to", "forward", "backward")):
+        raise TypeError(f"{call.partition('(')[0]}: loss must be a cnnx loss object, such as "
+                        f"losses.SoftmaxCrossEntropy(), got {_what(loss)}; the arguments are "
+                        f"{call}")
+
+
 def _check_last_batch(model, example_shape: tuple, slices, batch_size: int) -> None:
     """ValueError, before anything trains, when the last batch of every epoch holds one
     example and a batch-norm layer would get one value per channel from it (BatchNorm1D, or
@@ -200,8 +256,8 @@ def stop_early(val_losses, patience: int | None) -> bool:
     improve on the best loss before them. None disables it."""
     if patience is None:
         return False
-    if patience < 1:
-        raise ValueError(f"patience must be >= 1, got {patience}")
+    if not (is_int(patience) and patience >= 1):
+        raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
     if len(val_losses) <= patience or None in val_losses:
         return False
     return min(val_losses[-patience:]) >= min(val_losses[:-patience])
@@ -276,8 +332,10 @@ def backend_repeat(backend, row, n):
 
 def predict(model, x, batch_size: int = 256):
     """Model outputs for every example, in eval mode, as one device array (no examples: an
-    empty batch of outputs, shaped as the model's)."""
+    empty batch of outputs, shaped as the model's). ``x`` is a batch: a model built with
+    ``input_shape`` refuses examples of another shape, as ``fit`` and ``evaluate`` do."""
     x = model.backend.asarray(x, dtype=model.dtype)
+    check_example_shape(model, x, "prediction data")
     # no examples: one empty batch, whose output has the model's shape
     slices = batch_slices(x.shape[0], batch_size, drop_last=False) or [(0, 0)]
     outs = []
@@ -293,6 +351,7 @@ def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
     """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
     (or None for regression losses)."""
     backend = model.backend
+    check_loss(loss, "evaluate(model, loss, x, y, ...)")
     x, y = prepare(model, x, y, "evaluation data")
     loss.to(backend)
     _check_targets(model, loss, x[:1], y, "evaluation data")  # the loop skips the loss's checks

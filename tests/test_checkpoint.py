@@ -245,3 +245,27 @@ def test_extra_information_cannot_overwrite_what_save_writes(tmp_path, trained, 
                                          "itself; pass other names"):
         checkpoint.save(tmp_path / "c.npz", trained[0], **{name: "float64"})
     assert not (tmp_path / "c.npz").exists()
+
+
+def test_a_checkpoint_repr_is_one_line_not_every_weight(tmp_path, trained):
+    """Before: the dataclass repr printed every array of the model and optimizer state."""
+    model, optimizer, _, _ = trained
+    ck = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model, optimizer, epoch=1))
+    assert repr(ck) == (f"Checkpoint({str(tmp_path / 'c.npz')!r}, epoch=1, step=0, layers=10, "
+                        f"input_shape=(1, 28, 28), dtype='float32', optimizer_state=True)")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    # before: AttributeError: 'SGD' object has no attribute 'spec'
+    (lambda path, m, o: (path, o), "model must be a cnnx Sequential, got a SGD"),
+    (lambda path, m, o: (m, path), "model must be a cnnx Sequential, got a PosixPath"),
+    # before: saved, with the model's weights written as the optimizer state
+    (lambda path, m, o: (path, m, m), "optimizer must be a cnnx optimizer or None, got a Sequential"),
+])
+def test_save_names_a_misplaced_argument(tmp_path, arguments, message):
+    model = models.build("lenet5")
+    args = arguments(tmp_path / "c.npz", model, SGD(model))
+    with pytest.raises(TypeError, match=re.escape(f"checkpoint.save: {message}; the arguments "
+                                                  f"are save(path, model, optimizer=None, ...)")):
+        checkpoint.save(*args)
+    assert not list(tmp_path.iterdir())

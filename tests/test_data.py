@@ -372,6 +372,18 @@ def test_synthetic_is_learnable():
     assert (guess == d["y_test"]).mean() > 0.5
 
 
+def test_val_split_takes_lists_and_refuses_unequal_lengths():
+    """Before: lists failed with "only integer scalar arrays can be converted to a scalar
+    index", and 20 inputs with 5 targets with an IndexError."""
+    x, y = np.arange(20.0).reshape(10, 2), np.arange(10)
+    xt, yt, xv, yv = data.val_split(x.tolist(), y.tolist(), 0.2, seed=3)
+    expected = data.val_split(x, y, 0.2, seed=3)
+    for got, want in zip((xt, yt, xv, yv), expected):
+        assert np.array_equal(got, want)
+    with pytest.raises(ValueError, match=r"^val_split: 10 inputs but 5 targets$"):
+        data.val_split(x, y[:5], 0.2)
+
+
 def test_val_split_is_seeded_and_disjoint():
     x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
     y = np.arange(100)

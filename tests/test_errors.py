@@ -66,6 +66,25 @@ def test_loss_shape_mismatches(backend):
         losses.BinaryCrossEntropy().to(backend).forward(_x(backend, (2, 1)), backend.asarray(np.array([[2.0], [0.0]])))
 
 
+@pytest.mark.parametrize("loss, target, message", [
+    # before: "one-hot target shape (2, 1) does not match predictions (2, 3)", for labels
+    (losses.SoftmaxCrossEntropy, np.array([[0], [2]]),
+     r"^SoftmaxCrossEntropy: targets of shape \(2, 1\) for 3 classes: give integer labels as a "
+     r"vector of shape \(2,\), e.g. y.ravel\(\), or one-hot rows \(2, 3\)$"),
+    # before: the same message without the reshape that fixes it
+    (losses.BinaryCrossEntropy, np.array([1.0, 0.0]),
+     r"^BinaryCrossEntropy: target shape \(2,\) does not match predictions \(2, 1\); reshape "
+     r"it: target.reshape\(2, 1\)$"),
+])
+def test_loss_targets_shaped_as_a_column_or_a_vector_say_how_to_reshape(backend, loss, target, message):
+    classes = 3 if loss is losses.SoftmaxCrossEntropy else 1
+    with pytest.raises(ValueError, match=message):
+        loss().to(backend).forward(_x(backend, (2, classes)), backend.asarray(target))
+    with pytest.raises(ValueError, match=r"^MSE: target shape \(2, 3\) does not match predictions "
+                                         r"\(2, 4\)$"):   # no reshape would do
+        losses.MSE().to(backend).forward(_x(backend, (2, 4)), _x(backend, (2, 3)))
+
+
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("make, shape", [(losses.MSE, (2, 3)), (losses.BinaryCrossEntropy, (2, 3)),
@@ -216,6 +235,17 @@ def test_model_shape_mismatch_is_found_at_construction():
 def test_sequential_items_must_be_layers(items, message):
     with pytest.raises(TypeError, match=f"^{re.escape(message)}"):
         Sequential(items)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: Sequential(layers.Dense(4, 2)),
+    lambda: Sequential(layers.Dense(4, 2), layers.ReLU()),   # layers as separate arguments
+])
+def test_sequential_takes_a_list_not_layers_one_by_one(call):
+    """Before: TypeError: 'Dense' object is not iterable."""
+    message = "Sequential: takes a list of layers, got a Dense; write Sequential([layer1, layer2, ...])"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        call()
 
 
 @pytest.mark.parametrize("input_shape", [5, "1,28,28", (1, 28.0, 28), (1, 0, 28)])

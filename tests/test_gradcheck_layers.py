@@ -215,6 +215,29 @@ def test_gradcheck_refuses_float32(backend):
         gradcheck(layers.Dense(2, 2).to(backend), backend.asarray(np.ones((1, 2), np.float32)))
 
 
+@pytest.mark.parametrize("call, error, message", [
+    # before: AttributeError: type object 'ReLU' has no attribute 'buffers'
+    (lambda x, y: gradcheck(layers.ReLU, x), TypeError,
+     r"^gradcheck: got the class ReLU; pass an object built in float64, such as "
+     r"ReLU\(\.\.\., dtype='float64'\)$"),
+    (lambda x, y: gradcheck([layers.ReLU(dtype="float64")], x), TypeError,
+     r"^gradcheck: expected a layer, a Sequential or a loss, got a list$"),
+    # before: MSE: target shape () does not match predictions (2, 3)
+    (lambda x, y: gradcheck(losses.MSE(), x), ValueError,
+     r"^gradcheck: checking the loss MSE needs its targets: gradcheck\(loss, predictions, y\)$"),
+    # before: y was ignored without a word, and another objective checked than the one meant
+    (lambda x, y: gradcheck(layers.Dense(3, 2, dtype="float64"), x, y), ValueError,
+     r"^gradcheck: targets y given without loss=; a model is checked on loss\(forward\(x\), y\)"),
+    # before: MSE: target shape () does not match predictions (2, 2)
+    (lambda x, y: gradcheck(layers.Dense(3, 2, dtype="float64"), x, loss=losses.MSE()), ValueError,
+     r"^gradcheck: loss= given without targets y; "),
+])
+def test_gradcheck_refuses_what_it_cannot_check(call, error, message):
+    x, y = np.ones((2, 3)), np.zeros(2, int)
+    with pytest.raises(error, match=message):
+        call(x, y)
+
+
 # ------------------------------------------------------------------------------ kinks
 EPS = DEFAULT_EPS
 

@@ -182,6 +182,24 @@ def test_state_dict_round_trip_and_mismatch(backend):
         models.build("lenet5").load_state_dict(a.state_dict())
 
 
+def test_load_state_dict_names_what_is_not_a_state(tmp_path):
+    """Before: TypeError: 'Checkpoint' object is not iterable; a list: every name 'missing';
+    a value that is a list: AttributeError: 'list' object has no attribute 'shape'."""
+    from cnnx import checkpoint
+    model = models.build("lenet5")
+    ck = checkpoint.load(checkpoint.save(tmp_path / "c.npz", model))
+    with pytest.raises(TypeError, match=r"^load_state_dict: expected a dict \{name: array\} as "
+                                        r"state_dict\(\) returns, got a Checkpoint; pass its "
+                                        r"model_state: model.load_state_dict\(ck.model_state\)$"):
+        model.load_state_dict(ck)
+    with pytest.raises(TypeError, match=r"got a list$"):
+        model.load_state_dict(list(ck.model_state.values()))
+    as_lists = {name: value.tolist() for name, value in ck.model_state.items()}
+    with pytest.raises(ValueError, match=r"^state does not fit this model: 0.W is a list, not an array$"):
+        model.load_state_dict(as_lists)
+    model.load_state_dict(ck.model_state)
+
+
 def test_spec_rebuilds_the_same_model():
     from cnnx import from_spec
     a = models.build("lenet5", seed=4)
@@ -236,5 +254,5 @@ def test_an_empty_batch_gives_an_empty_batch_of_outputs(backend):
     assert model.eval().forward(backend.asarray(empty)).shape == (0, 4)
     full = backend.to_numpy(train.predict(model, np.ones((3, 2, 8, 8)), batch_size=2))
     assert full.shape == (3, 4) and np.allclose(full.sum(axis=1), 1)
-    with pytest.raises(ValueError, match="^batch_size must be positive, got 0$"):
+    with pytest.raises(ValueError, match="^batch_size must be a positive integer, got 0$"):
         train.predict(model, empty, batch_size=0)

@@ -11,6 +11,7 @@ import os
 
 import numpy
 
+from ..shapes import is_int
 from .base import Backend, Window
 from .numpy_backend import NumpyBackend
 
@@ -91,6 +92,10 @@ def make_rng(seed):
     """A host random Generator from an explicit seed (an int or a tuple of ints).
 
     All random draws (initial weights, shuffling, augmentation) come from such generators, on
-    the host, so a seed gives the same numbers whatever the device.
+    the host, so a seed gives the same numbers whatever the device. Anything else, None (which
+    would draw fresh entropy: another result every run) or 1.5 included, is a ValueError.
     """
+    parts = seed if isinstance(seed, tuple) else (seed,)
+    if not (parts and all(is_int(part) and part >= 0 for part in parts)):
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     return numpy.random.default_rng(seed)

@@ -216,9 +216,14 @@ def val_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
     """Hold out ``fraction`` of (x, y) at random (seeded): ``(x_train, y_train, x_val, y_val)``.
 
     ``fraction`` 0 gives an empty validation set; at least one example stays in training.
+    Python lists are taken as arrays.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    x = x if hasattr(x, "shape") else np.asarray(x)
+    y = y if hasattr(y, "shape") else np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"val_split: {len(x)} inputs but {len(y)} targets")
     n_val = int(round(len(x) * fraction))
     if n_val >= len(x):
         raise ValueError(f"validation fraction {fraction} leaves no training examples")

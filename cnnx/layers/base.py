@@ -46,6 +46,10 @@ class Layer:
         #: shape of the last forward's output (None before any): what backward's dy must have
         self._output_shape = None
 
+    def __call__(self, x):
+        """``layer(x)`` is ``layer.forward(x)``, as ``model(x)`` and ``loss(pred, y)`` are."""
+        return self.forward(x)
+
     # ---------------------------------------------------------------- properties
     @property
     def xp(self):
@@ -140,9 +144,12 @@ class Layer:
                 f"got shape {tuple(x.shape)}"
             )
         if channels is not None and x.shape[1] != channels:
+            channels_last = x.ndim == 4 and x.shape[3] == channels
             raise ValueError(
                 f"{self.name}: expected {channels} input channels/features (axis 1), "
                 f"got {x.shape[1]} in shape {tuple(x.shape)}"
+                + ("; it looks channels-last (N, H, W, C): convert it with "
+                   "x.transpose(0, 3, 1, 2)" if channels_last else "")
             )
         if x.dtype != self.dtype:  # str(x.dtype) costs 2 µs a call, 30x this comparison
             got = str(x.dtype)

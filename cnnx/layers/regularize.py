@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..shapes import is_int
 from .base import Layer, is_number
 
 
@@ -16,6 +17,8 @@ class Dropout(Layer):
         super().__init__(dtype)
         if not (is_number(p) and 0 <= p < 1):
             raise ValueError(f"Dropout: p must be a number in [0, 1), got {p!r}")
+        if not (is_int(seed) and seed >= 0):
+            raise ValueError(f"Dropout: seed must be an integer >= 0, got {seed!r}")
         self.p, self.seed = float(p), int(seed)
         self._cache = None
 
