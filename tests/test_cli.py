@@ -390,7 +390,7 @@ def test_a_bad_cnnx_cpu_threads_is_one_line(monkeypatch):
         "Error: CNNX_CPU_THREADS='abc': the number of CPU threads cnnx uses must be a whole "
         "number (unset or 0: the usable cores, at most 8)")
     monkeypatch.setenv("CNNX_CPU_THREADS", "1")
-    assert "cores, 1 threads)" in invoke("info").stdout
+    assert "cores, 1 thread (CNNX_CPU_THREADS sets the threads)" in invoke("info").stdout
     done = run_cnnx("info", env={"CNNX_CPU_THREADS": "abc"})  # a process of its own: no traceback
     assert done.returncode == 1 and done.stderr.startswith("Error: CNNX_CPU_THREADS='abc'")
     assert done.stderr.count("\n") == 1
