@@ -348,8 +348,9 @@ def predict(model, x, batch_size: int = 256):
 
 
 def evaluate(model, loss, x, y, batch_size: int = 256) -> dict:
-    """Mean loss and accuracy over a dataset (eval mode). ``predictions``: host class indices
-    (or None for regression losses)."""
+    """Mean loss and accuracy over a dataset (eval mode): ``{"loss", "accuracy",
+    "predictions"}``. ``accuracy`` is None for a regression loss (MSE); ``predictions``, the
+    host class indices, only for SoftmaxCrossEntropy (None for BCE and MSE)."""
     backend = model.backend
     check_loss(loss, "evaluate(model, loss, x, y, ...)")
     x, y = prepare(model, x, y, "evaluation data")

@@ -153,6 +153,16 @@ def test_a_layer_is_called_like_a_model_and_a_loss(backend):
     conv.backward(backend.xp.ones_like(y))   # conv(x) recorded its output for backward
 
 
+@pytest.mark.parametrize("x", [[[1.0, 2.0, 3.0]], 3.0])
+def test_a_layer_given_no_array_says_to_pass_one(backend, x):
+    """Before: "input is a builtins.list, but the layer is on cpu; convert with
+    backend.asarray or move the layer with .to()" -- moving the layer cannot help a list."""
+    dense = layers.Dense(3, 2).to(backend)
+    with pytest.raises(ValueError, match=r"^Dense: input is a (list|float), not an array; pass "
+                                         r"one, e.g. layer.backend.asarray\(x, dtype='float32'\)$"):
+        dense(x)
+
+
 @pytest.mark.parametrize("make, message", [
     # before: TypeError: '<=' not supported between instances of 'str' and 'int'
     (lambda: cnnx.schedules.Cosine("0.1", total_epochs=10), r"^Cosine: lr must be a number, got '0.1'$"),

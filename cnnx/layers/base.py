@@ -133,6 +133,9 @@ class Layer:
 
     def check_input(self, x, rank: int | None = None, channels: int | None = None) -> None:
         """Raise ValueError naming this layer when ``x`` is not what forward expects."""
+        if not hasattr(x, "shape"):  # a list, a scalar: no backend's array at all
+            raise ValueError(f"{self.name}: input is a {type(x).__name__}, not an array; pass "
+                             f"one, e.g. layer.backend.asarray(x, dtype={self.dtype!r})")
         if not self.backend.owns(x):
             raise ValueError(
                 f"{self.name}: input is a {type(x).__module__}.{type(x).__name__}, but the layer "
